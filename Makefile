@@ -1,0 +1,36 @@
+# `make repro` and `make test` do all set-up on a fresh clone (see README).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install data repro test lint mlflow-ui benchmark
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev,airflow]"
+	touch $@
+
+install: $(STAMP)  ## virtual environment with the project and every tool it uses
+
+data: install  ## bring RAVDESS into data/raw (SER_CORPUS_SOURCE points elsewhere) and track it
+	ser data
+	dvc add --quiet data/raw
+
+repro: data  ## the main job: the whole pipeline on real audio
+	dvc repro
+
+test: install  ## the test suite (CI runs this)
+	pytest
+
+lint: install
+	ruff format --check src tests dags benchmarks
+	ruff check src tests dags benchmarks
+
+mlflow-ui: install  ## browse runs of the embedded store at http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+benchmark: install  ## speed figures on the shared RAVDESS (see README)
+	python benchmarks/pipeline_speed.py

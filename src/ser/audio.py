@@ -1,0 +1,77 @@
+"""Decoding and conditioning of one clip: array in, array out, I/O only in ``decode``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile
+import soxr
+
+from ser.config import AudioParams
+
+SILENCE_PEAK = 1e-4
+"""A clip whose absolute peak stays below this is silent (about -80 dBFS)."""
+
+
+class BadAudio(ValueError):
+    """The file cannot be used as speech; the message says why."""
+
+
+def decode(path: Path) -> tuple[np.ndarray, int]:
+    """Read a file as float32 frames x channels; raise BadAudio when unreadable or empty."""
+    try:
+        samples, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
+        raise BadAudio(f"not readable audio ({error})") from None
+    if samples.shape[0] == 0:
+        raise BadAudio("empty: no audio frames")
+    return samples, sample_rate
+
+
+def downmix(samples: np.ndarray) -> np.ndarray:
+    """Average channels into mono."""
+    return samples.mean(axis=1) if samples.ndim == 2 else samples
+
+
+def resample(signal: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """High-quality resampling with soxr; a no-op at the target rate."""
+    if source_rate == target_rate:
+        return signal
+    return soxr.resample(signal, source_rate, target_rate, quality="HQ").astype(np.float32)
+
+
+def trim_silence(signal: np.ndarray, top_db: float) -> np.ndarray:
+    """Cut leading and trailing frames quieter than the peak minus ``top_db``."""
+    trimmed, _ = librosa.effects.trim(signal, top_db=top_db, frame_length=1024, hop_length=256)
+    return trimmed
+
+
+def normalise_loudness(signal: np.ndarray, target_dbfs: float) -> np.ndarray:
+    """Scale to an RMS level of ``target_dbfs``, then keep the peak at or below full scale."""
+    rms = float(np.sqrt(np.mean(np.square(signal, dtype=np.float64))))
+    scaled = signal * (10 ** (target_dbfs / 20) / rms)
+    peak = float(np.max(np.abs(scaled)))
+    return (scaled / peak if peak > 1 else scaled).astype(np.float32)
+
+
+def condition(samples: np.ndarray, sample_rate: int, params: AudioParams) -> np.ndarray:
+    """Downmix, resample, trim and normalise; raise BadAudio for silent or too-short speech."""
+    signal = downmix(samples)
+    if float(np.max(np.abs(signal))) < SILENCE_PEAK:
+        raise BadAudio("silent: peak below -80 dBFS")
+    signal = resample(signal, sample_rate, params.sample_rate)
+    signal = trim_silence(signal, params.trim_top_db)
+    if len(signal) < params.min_duration * params.sample_rate:
+        raise BadAudio(
+            f"too short: {len(signal) / params.sample_rate:.2f} s of sound after trimming "
+            f"(audio.min_duration is {params.min_duration} s)"
+        )
+    return normalise_loudness(signal, params.target_dbfs)
+
+
+def load_clip(path: Path, params: AudioParams) -> np.ndarray:
+    """Decode and condition one file into the mono signal features are computed on."""
+    samples, sample_rate = decode(path)
+    return condition(samples, sample_rate, params)

@@ -1,0 +1,98 @@
+"""The ``ser`` command: one subcommand per pipeline stage, plus ``data`` and ``predict``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ser.config import DEFAULT_PARAMS, ConfigError, load_params
+
+log = logging.getLogger("ser")
+
+STAGES = ("preprocess", "tune", "train", "evaluate")
+
+
+def _stage(name: str, params_path: Path) -> None:
+    params = load_params(params_path)  # validated before any work starts
+    if name == "preprocess":
+        from ser import preprocess as stage
+    elif name == "tune":
+        from ser import tune as stage
+    elif name == "train":
+        from ser import train as stage
+    else:
+        from ser import evaluate as stage
+    stage.run(params)
+
+
+def _data(args: argparse.Namespace) -> None:
+    from ser.data import default_source, fetch_corpus
+
+    params = load_params(args.params)
+    source = args.source or default_source()
+    fetch_corpus(source, params.data.raw_dir, args.name, args.sha256)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ser.predict import write_predictions
+
+    failures = write_predictions(args.inputs, args.model_dir, args.json)
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ser", description=__doc__)
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="bring a corpus into data/raw")
+    data.add_argument(
+        "--source",
+        help="corpus folder or zip URL (default: $SER_CORPUS_SOURCE, else the shared "
+        "RAVDESS copy when present, else the official RAVDESS speech archive)",
+    )
+    data.add_argument("--name", default="ravdess", help="folder under data/raw (default: ravdess)")
+    data.add_argument("--sha256", help="expected SHA-256 of a downloaded archive")
+
+    for stage in STAGES:
+        commands.add_parser(stage, help=f"run the {stage} stage (as dvc.yaml does)")
+
+    predict = commands.add_parser("predict", help="label audio files or folders")
+    predict.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    predict.add_argument("--model-dir", type=Path, default=Path("models"))
+    predict.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("mlflow", "alembic", "absl", "h5py", "numba", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from ser.data import DataError
+    from ser.split import SplitError
+
+    try:
+        if args.command == "data":
+            _data(args)
+        elif args.command == "predict":
+            return _predict(args)
+        else:
+            _stage(args.command, args.params)
+    except (ConfigError, DataError, SplitError, FileNotFoundError) as error:
+        log.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

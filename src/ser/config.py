@@ -1,0 +1,184 @@
+"""Typed, validated view of params.yaml: the single source of every knob."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+CorpusName = Literal["ravdess", "crema_d", "tess", "savee"]
+AugmentKind = Literal["noise", "pitch", "stretch"]
+Stat = Literal["mean", "std", "min", "max", "median", "skew", "kurtosis"]
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    raw_dir: Path = Path("data/raw")
+    corpora: list[CorpusName] = Field(
+        default_factory=lambda: ["ravdess", "crema_d", "tess", "savee"]
+    )
+
+
+class SplitParams(_Section):
+    seed: int = 42
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leaves_training_speakers(self) -> SplitParams:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                "val_fraction + test_fraction must be < 1 so that training speakers remain"
+            )
+        return self
+
+
+class AudioParams(_Section):
+    sample_rate: int = Field(16000, ge=8000, le=96000)
+    trim_top_db: float = Field(30.0, gt=0)
+    target_dbfs: float = Field(-20.0, lt=0)
+    min_duration: float = Field(0.3, ge=0)
+
+
+def _ordered_pair(name: str, pair: tuple[float, float]) -> None:
+    if pair[0] > pair[1]:
+        raise ValueError(f"{name} must be [low, high], got {list(pair)}")
+
+
+class AugmentParams(_Section):
+    seed: int = 7
+    copies: list[list[AugmentKind]] = Field(default_factory=lambda: [["noise"], ["pitch"]])
+    noise_snr_db: tuple[float, float] = (15.0, 30.0)
+    pitch_semitones: tuple[float, float] = (-2.0, 2.0)
+    stretch_rate: tuple[float, float] = (0.9, 1.1)
+
+    @model_validator(mode="after")
+    def _ranges_are_ordered(self) -> AugmentParams:
+        _ordered_pair("noise_snr_db", self.noise_snr_db)
+        _ordered_pair("pitch_semitones", self.pitch_semitones)
+        _ordered_pair("stretch_rate", self.stretch_rate)
+        if self.stretch_rate[0] <= 0:
+            raise ValueError("stretch_rate must be positive")
+        if any(not recipe for recipe in self.copies):
+            raise ValueError("copies: each recipe needs at least one kind")
+        return self
+
+
+class FeatureParams(_Section):
+    n_fft: int = Field(512, ge=64)
+    hop_length: int = Field(160, ge=16)
+    n_mels: int = Field(64, ge=8)
+    n_mfcc: int = Field(40, ge=1)
+    stats: list[Stat] = Field(default_factory=lambda: ["mean", "std"], min_length=1)
+    workers: int = Field(2, ge=1)
+    cache_dir: Path = Path("data/cache/features")
+
+    @model_validator(mode="after")
+    def _mfcc_fit_mels(self) -> FeatureParams:
+        if self.n_mfcc > self.n_mels:
+            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
+        return self
+
+
+class ModelParams(_Section):
+    filters: tuple[int, int, int] = (64, 128, 256)
+    kernel_size: int = Field(3, ge=1)
+    pool_size: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    dense_units: tuple[int, int] = (64, 16)
+
+
+class TrainParams(_Section):
+    seed: int = 42
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    monitor: Literal["val_uar", "val_loss"] = "val_uar"
+    early_stopping_patience: int = Field(12, ge=1)
+    reduce_lr_patience: int = Field(5, ge=1)
+    reduce_lr_factor: float = Field(0.5, gt=0, lt=1)
+    class_weights: bool = True
+
+
+class TuneParams(_Section):
+    enabled: bool = False
+
+
+class EvaluateParams(_Section):
+    slices: list[Literal["corpus", "sex", "intensity"]] = Field(
+        default_factory=lambda: ["corpus", "sex", "intensity"]
+    )
+
+
+class MlflowParams(_Section):
+    experiment: str = Field("ser", min_length=1)
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    split: SplitParams = SplitParams()
+    audio: AudioParams = AudioParams()
+    augment: AugmentParams = AugmentParams()
+    features: FeatureParams = FeatureParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    tune: TuneParams = TuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    mlflow: MlflowParams = MlflowParams()
+
+
+def _describe(error: ValidationError, source: Path) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        reason = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {reason}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: object, source: Path = DEFAULT_PARAMS) -> Params:
+    """Validate a parsed params mapping; raise ConfigError naming each bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    return parse_params(raw if raw is not None else {}, path)
+
+
+def flatten(params: BaseModel, prefix: str = "") -> dict[str, object]:
+    """Flatten params into dotted keys (``train.epochs``) for MLflow."""
+    flat: dict[str, object] = {}
+    for name, value in params:
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            flat.update(flatten(value, f"{key}."))
+        elif isinstance(value, (list, tuple)):
+            flat[key] = ",".join(str(item) for item in value)
+        else:
+            flat[key] = str(value) if isinstance(value, Path) else value
+    return flat

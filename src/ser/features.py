@@ -1,0 +1,74 @@
+"""The seed's acoustic features from a single STFT, summarised over the whole clip.
+
+Per frame: zero-crossing rate, RMS energy, 12 chroma bins, ``n_mels`` log-mel
+bands and ``n_mfcc`` MFCCs. Per clip: the statistics named in ``features.stats``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import librosa
+import numpy as np
+import scipy.fft
+import scipy.stats
+
+from ser.config import FeatureParams
+
+N_CHROMA = 12
+
+_STATISTICS = {
+    "mean": lambda frames: frames.mean(axis=1),
+    "std": lambda frames: frames.std(axis=1),
+    "min": lambda frames: frames.min(axis=1),
+    "max": lambda frames: frames.max(axis=1),
+    "median": lambda frames: np.median(frames, axis=1),
+    "skew": lambda frames: np.nan_to_num(scipy.stats.skew(frames, axis=1)),
+    "kurtosis": lambda frames: np.nan_to_num(scipy.stats.kurtosis(frames, axis=1)),
+}
+
+
+@cache
+def _filter_banks(sample_rate: int, n_fft: int, n_mels: int) -> tuple[np.ndarray, np.ndarray]:
+    mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=sample_rate / 2)
+    chroma = librosa.filters.chroma(sr=sample_rate, n_fft=n_fft, n_chroma=N_CHROMA)
+    return mel.astype(np.float32), chroma.astype(np.float32)
+
+
+def frame_feature_names(params: FeatureParams) -> list[str]:
+    """Names of the per-frame features, in the order ``frame_features`` stacks them."""
+    return [
+        "zcr",
+        "rms",
+        *(f"chroma_{i:02d}" for i in range(N_CHROMA)),
+        *(f"logmel_{i:02d}" for i in range(params.n_mels)),
+        *(f"mfcc_{i:02d}" for i in range(params.n_mfcc)),
+    ]
+
+
+def feature_names(params: FeatureParams) -> list[str]:
+    """Names of the per-clip feature vector: each frame feature under each statistic."""
+    return [f"{name}_{stat}" for stat in params.stats for name in frame_feature_names(params)]
+
+
+def frame_features(signal: np.ndarray, sample_rate: int, params: FeatureParams) -> np.ndarray:
+    """Per-frame features (features x frames) computed from one STFT."""
+    if len(signal) < params.n_fft:
+        signal = np.pad(signal, (0, params.n_fft - len(signal)))
+    spectrum = np.abs(librosa.stft(signal, n_fft=params.n_fft, hop_length=params.hop_length))
+    power = np.square(spectrum)
+    mel_bank, chroma_bank = _filter_banks(sample_rate, params.n_fft, params.n_mels)
+    log_mel = librosa.power_to_db(mel_bank @ power, ref=1.0, top_db=None)
+    mfcc = scipy.fft.dct(log_mel, axis=0, type=2, norm="ortho")[: params.n_mfcc]
+    chroma = librosa.util.normalize(chroma_bank @ power, norm=np.inf, axis=0)
+    rms = librosa.feature.rms(S=spectrum, frame_length=params.n_fft)
+    zcr = librosa.feature.zero_crossing_rate(
+        signal, frame_length=params.n_fft, hop_length=params.hop_length
+    )[:, : spectrum.shape[1]]
+    return np.vstack([zcr, rms, chroma, log_mel, mfcc]).astype(np.float32)
+
+
+def clip_features(signal: np.ndarray, sample_rate: int, params: FeatureParams) -> np.ndarray:
+    """The per-clip feature vector, in ``feature_names`` order."""
+    frames = frame_features(signal, sample_rate, params)
+    return np.concatenate([_STATISTICS[stat](frames) for stat in params.stats]).astype(np.float32)

@@ -1,0 +1,175 @@
+"""Parallel, cached feature extraction for the manifest's clips and their augmented copies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from ser.artifacts import write_with
+from ser.audio import BadAudio, load_clip
+from ser.augment import apply_recipe, clip_rng
+from ser.config import AugmentKind, Params
+from ser.features import clip_features, feature_names
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+"""Bump when feature code changes in a way params do not capture."""
+ORIGINAL = "none"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One feature vector to produce: the clip as is (``copy`` = -1) or an augmented copy."""
+
+    copy: int
+    recipe: tuple[AugmentKind, ...]
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.recipe) or ORIGINAL
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    path: str
+    sha256: str
+    variants: tuple[Variant, ...]
+    cache_keys: tuple[str, ...]
+
+
+def variants_for(split: str, params: Params) -> tuple[Variant, ...]:
+    """The original clip, plus one augmented copy per recipe for training clips only."""
+    original = Variant(-1, ())
+    if split != "train":
+        return (original,)
+    return (original, *(Variant(i, tuple(r)) for i, r in enumerate(params.augment.copies)))
+
+
+def cache_key(sha256: str, variant: Variant, params: Params) -> str:
+    """Content hash of everything that determines one feature vector."""
+    spec = {
+        "version": CACHE_VERSION,
+        "audio": params.audio.model_dump(mode="json"),
+        "features": params.features.model_dump(mode="json", exclude={"workers", "cache_dir"}),
+        "clip": sha256,
+        "copy": variant.copy,
+        "recipe": list(variant.recipe),
+    }
+    if variant.recipe:
+        spec["augment"] = params.augment.model_dump(mode="json", exclude={"copies"})
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    return cache_dir / key[:2] / f"{key}.npy"
+
+
+def _limit_threads() -> None:
+    """Worker initializer: one BLAS/OpenMP thread per process avoids oversubscription."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    threadpool_limits(1)
+
+
+def _extract(job: ClipJob, params: Params) -> str | None:
+    """Compute and cache every missing variant of one clip; return an error or None."""
+    try:
+        signal = load_clip(Path(job.path), params.audio)
+    except BadAudio as error:
+        return str(error)
+    rate = params.audio.sample_rate
+    for variant, key in zip(job.variants, job.cache_keys, strict=True):
+        copy = signal
+        if variant.recipe:
+            rng = clip_rng(params.augment.seed, job.sha256, variant.copy)
+            copy = apply_recipe(signal, rate, list(variant.recipe), params.augment, rng)
+        vector = clip_features(copy, rate, params.features)
+        if not np.all(np.isfinite(vector)):
+            return f"features are not finite ({variant.name})"
+        target = _cache_file(params.features.cache_dir, key)
+        write_with(target, lambda path, v=vector: np.save(path, v))
+    return None
+
+
+def _run_jobs(jobs: list[ClipJob], params: Params) -> dict[str, str]:
+    """Run jobs in ``features.workers`` processes; return {path: error} for failed clips."""
+    errors: dict[str, str] = {}
+    progress = dict(desc="extracting", unit="clip", total=len(jobs), disable=None)
+    if params.features.workers == 1 or len(jobs) < 2:
+        with threadpool_limits(1):
+            results = [_extract(job, params) for job in tqdm(jobs, **progress)]
+    else:
+        with ProcessPoolExecutor(params.features.workers, initializer=_limit_threads) as pool:
+            chunk = max(1, min(16, len(jobs) // (4 * params.features.workers)))
+            mapped = pool.map(_extract, jobs, [params] * len(jobs), chunksize=chunk)
+            results = list(tqdm(mapped, **progress))
+    for job, error in zip(jobs, results, strict=True):
+        if error is not None:
+            errors[job.path] = error
+    return errors
+
+
+@dataclass
+class ExtractionStats:
+    clips: int
+    vectors: int
+    computed_clips: int
+    seconds: float
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.computed_clips / self.seconds if self.seconds > 0 else float("nan")
+
+
+def extract_features(
+    manifest: pd.DataFrame, params: Params
+) -> tuple[pd.DataFrame, dict[str, str], ExtractionStats]:
+    """Feature table (metadata + one column per feature, one row per variant).
+
+    ``manifest`` needs a ``split`` column. Returns the table, {path: error} for
+    clips that could not be used, and timing statistics.
+    """
+    jobs, pending = [], []
+    for row in manifest.itertuples(index=False):
+        variants = variants_for(row.split, params)
+        keys = tuple(cache_key(row.sha256, v, params) for v in variants)
+        job = ClipJob(row.path, row.sha256, variants, keys)
+        jobs.append(job)
+        cache_dir = params.features.cache_dir
+        if not all(_cache_file(cache_dir, key).is_file() for key in keys):
+            pending.append(job)
+    log.info(
+        "%d clips, %d to extract, %d cached", len(jobs), len(pending), len(jobs) - len(pending)
+    )
+    started = time.perf_counter()
+    errors = _run_jobs(pending, params)
+    stats = ExtractionStats(len(jobs), 0, len(pending), time.perf_counter() - started)
+
+    rows, vectors = [], []
+    meta = manifest.drop(columns=["duration", "sample_rate", "channels", "sha256"])
+    for job, record in zip(jobs, meta.to_dict("records"), strict=True):
+        if job.path in errors:
+            continue
+        for variant, key in zip(job.variants, job.cache_keys, strict=True):
+            rows.append({**record, "augmentation": variant.name})
+            vectors.append(np.load(_cache_file(params.features.cache_dir, key)))
+    stats.vectors = len(rows)
+    names = feature_names(params.features)
+    values = np.vstack(vectors) if vectors else np.empty((0, len(names)), np.float32)
+    table = pd.concat(
+        [pd.DataFrame(rows, columns=[*meta.columns, "augmentation"]),
+         pd.DataFrame(values, columns=names)],
+        axis=1,
+    )  # fmt: skip
+    return table, errors, stats

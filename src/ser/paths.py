@@ -1,0 +1,18 @@
+"""Where each stage reads and writes, relative to the repository root (as in dvc.yaml)."""
+
+from pathlib import Path
+
+MANIFEST = Path("data/processed/manifest.parquet")
+FEATURES = Path("data/processed/features.parquet")
+PREPROCESS_REPORT = Path("reports/preprocess.json")
+
+MODELS_DIR = Path("models")
+HYPERPARAMS = MODELS_DIR / "hyperparams.json"
+TRAIN_RUN_ID = MODELS_DIR / "mlflow_run.json"
+TRAIN_METRICS = Path("reports/train.json")
+TRAINING_CURVE = Path("reports/training_curve.csv")
+
+METRICS = Path("reports/metrics.json")
+EVALUATION = Path("reports/evaluation.json")
+PREDICTIONS = Path("reports/predictions.csv")
+CONFUSION_PNG = Path("reports/confusion_matrix.png")

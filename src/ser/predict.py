@@ -1,0 +1,80 @@
+"""``ser predict``: label audio files with the trained model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from ser.audio import BadAudio, load_clip
+from ser.classifier import Classifier
+from ser.features import clip_features
+from ser.manifest import AUDIO_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+
+def audio_files(inputs: Iterable[Path]) -> Iterator[Path]:
+    """The given files, and the audio files found by walking the given folders."""
+    for item in inputs:
+        if item.is_dir():
+            yield from sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            yield item
+
+
+def featurise(path: Path, classifier: Classifier) -> np.ndarray:
+    """The feature vector of one file, computed exactly as for training."""
+    signal = load_clip(path, classifier.audio)
+    return clip_features(signal, classifier.audio.sample_rate, classifier.features)
+
+
+def predict_files(
+    inputs: Iterable[Path], classifier: Classifier, batch_size: int = 32
+) -> Iterator[tuple[Path, str | None, np.ndarray | str]]:
+    """Yield (path, label, probabilities) per file, or (path, None, reason) when unusable."""
+    files = audio_files(inputs)
+    while batch := list(islice(files, batch_size)):
+        usable, vectors = [], []
+        for path in batch:
+            try:
+                vectors.append(featurise(path, classifier))
+                usable.append(path)
+            except (BadAudio, OSError) as error:
+                yield path, None, str(error)
+        if not usable:
+            continue
+        probabilities = classifier.predict_proba(np.vstack(vectors))
+        for path, row in zip(usable, probabilities, strict=True):
+            yield path, classifier.classes[int(row.argmax())], row
+
+
+def write_predictions(
+    inputs: list[Path], model_dir: Path, as_json: bool, out: TextIO = sys.stdout
+) -> int:
+    """Print one CSV line (or JSON object) per file; return how many files failed."""
+    classifier = Classifier.load(model_dir)
+    writer = csv.writer(out)
+    if not as_json:
+        writer.writerow(["path", "label", *classifier.classes])
+    failures = 0
+    for path, label, result in predict_files(inputs, classifier):
+        if label is None:
+            failures += 1
+            log.error("%s: %s", path, result)
+            continue
+        if as_json:
+            probabilities = dict(zip(classifier.classes, map(float, result), strict=True))
+            record = {"path": str(path), "label": label, "probabilities": probabilities}
+            out.write(json.dumps(record) + "\n")
+        else:
+            writer.writerow([str(path), label, *(f"{p:.4f}" for p in result)])
+        out.flush()
+    return failures

@@ -1,0 +1,84 @@
+"""preprocess stage: manifest → speaker split → features, with a report of skipped files."""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+import pandas as pd
+
+from ser import paths
+from ser.artifacts import write_json, write_parquet
+from ser.config import Params
+from ser.featurize import extract_features
+from ser.manifest import Problem, scan
+from ser.split import SPLITS, SplitError, assign_splits
+from ser.tracking import stage_run
+
+log = logging.getLogger(__name__)
+
+
+def summarise(manifest: pd.DataFrame, problems: list[Problem]) -> dict[str, object]:
+    """Counts per split and the skipped files, for the report and MLflow."""
+    by_split = manifest.groupby("split")
+    return {
+        "clips": len(manifest),
+        "speakers": int(manifest["speaker"].nunique()),
+        "skipped": len(problems),
+        "splits": {
+            split: {
+                "clips": len(rows),
+                "speakers": sorted(rows["speaker"].unique().tolist()),
+                "sexes": rows.drop_duplicates("speaker")["sex"].value_counts().to_dict(),
+                "labels": rows["label"].value_counts().sort_index().to_dict(),
+            }
+            for split, rows in by_split
+        },
+        "problems": [{"path": p.path, "reason": p.reason} for p in problems],
+    }
+
+
+def run(params: Params) -> dict[str, object]:
+    """Build manifest and features from ``params.data.raw_dir``; return the report."""
+    manifest, problems = scan(params.data.raw_dir, params.data.corpora)
+    if manifest.empty:
+        raise SplitError(f"{params.data.raw_dir}: no usable clips ({len(problems)} skipped)")
+    manifest["split"] = assign_splits(manifest, params.split)
+    features, failures, stats = extract_features(manifest, params)
+    problems += [Problem(path, reason) for path, reason in failures.items()]
+    for path, reason in failures.items():
+        log.warning("skipping %s: %s", path, reason)
+    manifest = manifest[~manifest["path"].isin(failures)].reset_index(drop=True)
+    missing = [s for s in SPLITS if s not in set(manifest["split"])]
+    if missing:
+        raise SplitError(f"split(s) {missing} have no usable clips left")
+
+    report = summarise(manifest, problems)
+    report["extraction"] = {
+        "vectors": stats.vectors,
+        "computed_clips": stats.computed_clips,
+        "cached_clips": stats.clips - stats.computed_clips,
+        "seconds": round(stats.seconds, 2),
+    }
+    write_parquet(paths.MANIFEST, manifest)
+    write_parquet(paths.FEATURES, features)
+    write_json(paths.PREPROCESS_REPORT, report)
+    log.info(
+        "%d clips of %d speakers, %d feature rows, %d skipped (see %s)",
+        report["clips"], report["speakers"], len(features), len(problems), paths.PREPROCESS_REPORT,
+    )  # fmt: skip
+
+    with stage_run("preprocess", params):
+        mlflow.log_metrics(
+            {
+                "clips": len(manifest),
+                "speakers": report["speakers"],
+                "skipped_files": len(problems),
+                "feature_rows": len(features),
+                "extracted_clips": stats.computed_clips,
+                "extraction_seconds": stats.seconds,
+                **{f"{s}_clips": int((manifest["split"] == s).sum()) for s in SPLITS},
+            }
+        )
+        mlflow.log_artifact(str(paths.PREPROCESS_REPORT))
+    return report

@@ -1,0 +1,110 @@
+"""MLflow runs for every stage, tagged with the git commit, DVC experiment and data version."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import yaml
+
+from ser.config import Params, flatten
+
+log = logging.getLogger(__name__)
+
+RAW_DATA_DVC = Path("data/raw.dvc")
+_QUEUE_WORKSPACE_MARKER = Path(".dvc/tmp/exps")
+
+
+def store_root(start: Path | None = None) -> Path:
+    """The repository whose embedded store runs go to.
+
+    ``dvc exp run --queue`` runs each experiment in a copy under
+    ``.dvc/tmp/exps/`` of the workspace; its runs still belong to the workspace.
+    """
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    marker = _QUEUE_WORKSPACE_MARKER.parts
+    for i in range(len(parts) - len(marker) + 1):
+        if parts[i : i + len(marker)] == marker:
+            return Path(*parts[:i])
+    return here
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the SQLite store ``mlflow.db`` in the repository."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root() / 'mlflow.db'}"
+
+
+def _git_commit() -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return result.stdout.strip()
+
+
+def data_version(dvc_file: Path = RAW_DATA_DVC) -> str:
+    """The content hash DVC recorded for ``data/raw`` (``unknown`` when not tracked)."""
+    try:
+        outs = yaml.safe_load(dvc_file.read_text())["outs"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return "unknown"
+    return str(outs[0].get("md5", "unknown"))
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    """Tags that tie a run to the code, the DVC experiment and the data it used."""
+    return {
+        "ser.stage": stage,
+        "mlflow.source.git.commit": _git_commit(),
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "dvc.exp_baseline": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+        "data.version": data_version(),
+    }
+
+
+def _use_experiment(name: str) -> None:
+    """Point MLflow at the store and experiment; the embedded store keeps artifacts beside it."""
+    embedded = not os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri())
+    if embedded:
+        # set_tracking_uri exports the variable; the default must follow the working directory
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if mlflow.get_experiment_by_name(name) is None:
+            artifacts = (store_root() / "mlartifacts").as_uri()
+            mlflow.create_experiment(name, artifact_location=artifacts)
+    mlflow.set_experiment(name)
+
+
+@contextmanager
+def stage_run(stage: str, params: Params, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Open (or reopen, given ``run_id``) the MLflow run of a stage with its tags.
+
+    A new run logs all params flat; a reopened run only gains what the stage logs.
+    """
+    _use_experiment(params.mlflow.experiment)
+    if run_id is not None and _run_exists(run_id):
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run
+        return
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    name = f"{exp_name}:{stage}" if exp_name else stage
+    with mlflow.start_run(run_name=name, tags=run_tags(stage)) as run:
+        mlflow.log_params(flatten(params))
+        yield run
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        log.warning("MLflow run %s is not in %s; logging to a new run", run_id, tracking_uri())
+        return False
+    return True

@@ -1,0 +1,166 @@
+"""train stage: fit the seed CNN on training speakers, early-stopped on validation speakers."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_class_weight
+
+from ser import EMOTIONS, paths
+from ser.artifacts import read_json, write_json, write_with
+from ser.classifier import SAVED_FILES, Classifier, label_encoder
+from ser.config import ModelParams, Params
+from ser.dataset import feature_columns, load_features, matrix, select
+from ser.metrics import summary, uar
+from ser.model import build_cnn
+from ser.tracking import stage_run
+
+log = logging.getLogger(__name__)
+
+
+def make_deterministic(seed: int) -> None:
+    """Same seed and data give the same weights on CPU."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+class ValidationUAR(keras.callbacks.Callback):
+    """Adds ``val_uar`` to each epoch's logs so callbacks after it can monitor it."""
+
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray) -> None:
+        super().__init__()
+        self.inputs, self.labels = inputs, labels
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        predicted = np.asarray(self.model(self.inputs, training=False)).argmax(axis=1)
+        if logs is not None:
+            logs["val_uar"] = uar(self.labels, predicted)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Writes each epoch's metrics and learning rate to MLflow and to a CSV for `dvc plots`."""
+
+    def __init__(self, csv_path: Path) -> None:
+        super().__init__()
+        self.csv_path = csv_path
+        self.rows: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        row["learning_rate"] = float(self.model.optimizer.learning_rate)
+        self.rows.append(row)
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        def write(path: Path) -> None:
+            with path.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(self.rows[0]))
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        write_with(self.csv_path, write)
+
+
+def chosen_hyperparameters(path: Path = paths.HYPERPARAMS) -> ModelParams:
+    """The hyperparameters the tune stage chose."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no chosen hyperparameters (run the tune stage)")
+    return ModelParams.model_validate(read_json(path))
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency weights of the classes present in ``labels`` (encoded indices)."""
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+
+
+def fit(
+    train_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    hp: ModelParams,
+    params: Params,
+    extra_callbacks: list[keras.callbacks.Callback] = (),
+) -> tuple[Classifier, keras.callbacks.History]:
+    """Standardise, encode and fit the CNN; early stopping restores the best weights."""
+    make_deterministic(params.train.seed)
+    columns = feature_columns(train_rows)
+    scaler = StandardScaler().fit(matrix(train_rows, columns))
+    encoder = label_encoder()
+    network = build_cnn(len(columns), len(EMOTIONS), hp)
+    classifier = Classifier(network, scaler, encoder, columns, params.audio, params.features)
+
+    x_train = classifier.prepare(matrix(train_rows, columns))
+    y_train = encoder.transform(train_rows[["label"]].to_numpy())
+    x_val = classifier.prepare(matrix(val_rows, columns))
+    y_val = encoder.transform(val_rows[["label"]].to_numpy())
+    t = params.train
+    network.compile(
+        optimizer=keras.optimizers.Adam(t.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    mode = "max" if t.monitor == "val_uar" else "min"
+    callbacks = [
+        ValidationUAR(x_val, y_val.argmax(axis=1)),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=t.monitor, mode=mode, factor=t.reduce_lr_factor, patience=t.reduce_lr_patience
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor=t.monitor, mode=mode, patience=t.early_stopping_patience,
+            restore_best_weights=True,
+        ),
+        *extra_callbacks,
+    ]  # fmt: skip
+    weights = class_weights(y_train.argmax(axis=1)) if t.class_weights else None
+    history = network.fit(
+        x_train, y_train,
+        validation_data=(x_val, y_val),
+        epochs=t.epochs, batch_size=t.batch_size,
+        class_weight=weights, callbacks=callbacks, shuffle=True, verbose=0,
+    )  # fmt: skip
+    return classifier, history
+
+
+def run(params: Params) -> dict[str, float]:
+    """Train on the training speakers, save ``models/`` and validation metrics."""
+    features = load_features(paths.FEATURES)
+    train_rows = select(features, "train", with_augmented=True)
+    val_rows = select(features, "val")
+    hp = chosen_hyperparameters()
+    with stage_run("train", params) as run:
+        mlflow.log_params({f"chosen.{k}": v for k, v in hp.model_dump().items()})
+        classifier, history = fit(
+            train_rows, val_rows, hp, params, [EpochLogger(paths.TRAINING_CURVE)]
+        )
+        predicted = classifier.predict(matrix(val_rows, classifier.feature_names))
+        val = summary(val_rows["label"].tolist(), predicted)
+        epochs_run = len(history.history["loss"])
+        metrics = {
+            **{f"val_{k}": v for k, v in val.items()},
+            "epochs_run": epochs_run,
+            "train_rows": len(train_rows),
+        }
+        classifier.save(paths.MODELS_DIR)
+        write_json(paths.TRAIN_RUN_ID, {"run_id": run.info.run_id})
+        write_json(paths.TRAIN_METRICS, metrics)
+        mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
+        for name in (*SAVED_FILES, paths.HYPERPARAMS.name):
+            mlflow.log_artifact(str(paths.MODELS_DIR / name), "model")
+        mlflow.log_artifact(str(paths.TRAINING_CURVE))
+    log.info(
+        "validation UAR %.3f, accuracy %.3f after %d epochs",
+        val["uar"],
+        val["accuracy"],
+        epochs_run,
+    )
+    return metrics
