@@ -119,6 +119,7 @@ class EvaluateParams(_Section):
     slices: list[Literal["corpus", "sex", "intensity"]] = Field(
         default_factory=lambda: ["corpus", "sex", "intensity"]
     )
+    min_test_uar: float = Field(0.30, ge=0, le=1)
 
 
 class MlflowParams(_Section):
