@@ -19,13 +19,21 @@ def _stage(name: str, params_path: Path) -> None:
     params = load_params(params_path)  # validated before any work starts
     if name == "preprocess":
         from ser import preprocess as stage
-    elif name == "tune":
-        from ser import tune as stage
     elif name == "train":
         from ser import train as stage
     else:
         from ser import evaluate as stage
     stage.run(params)
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from ser import tune
+
+    params = load_params(args.params)
+    if args.worker is None:
+        tune.run(params, args.params)
+    else:
+        tune.run_worker(params, args.worker, args.parent_run_id)
 
 
 def _data(args: argparse.Namespace) -> None:
@@ -59,12 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--sha256", help="expected SHA-256 of a downloaded archive")
 
     for stage in STAGES:
-        commands.add_parser(stage, help=f"run the {stage} stage (as dvc.yaml does)")
+        stage_parser = commands.add_parser(stage, help=f"run the {stage} stage (as dvc.yaml does)")
+        if stage == "tune":
+            stage_parser.add_argument(
+                "--worker",
+                type=int,
+                metavar="N",
+                help="only run trials as extra worker N of the shared study (writes no outputs)",
+            )
+            stage_parser.add_argument("--parent-run-id", help="MLflow run to nest trials under")
 
     predict = commands.add_parser("predict", help="label audio files or folders")
     predict.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
     predict.add_argument("--model-dir", type=Path, default=Path("models"))
     predict.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
+
+    remote = commands.add_parser(
+        "remote", help="dvc push / pull / status -c, bounded in time (see docs/gcs.md)"
+    )
+    remote.add_argument("action", choices=["push", "pull", "status"])
+    remote.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
+    remote.add_argument(
+        "--timeout", type=float, help="seconds before giving up (default: $SER_REMOTE_TIMEOUT or 600)"
+    )
     return parser
 
 
@@ -78,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic", "absl", "h5py", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from ser import remote
     from ser.data import DataError
     from ser.split import SplitError
 
@@ -86,9 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             _data(args)
         elif args.command == "predict":
             return _predict(args)
+        elif args.command == "remote":
+            remote.run(args.action, args.remote, args.timeout)
+        elif args.command == "tune":
+            _tune(args)
         else:
             _stage(args.command, args.params)
-    except (ConfigError, DataError, SplitError, FileNotFoundError) as error:
+    except (ConfigError, DataError, SplitError, FileNotFoundError, remote.RemoteError) as error:
         log.error("%s", error)
         return 2
     return 0

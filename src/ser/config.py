@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -97,13 +97,13 @@ class ModelParams(_Section):
     pool_size: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     dense_units: tuple[int, int] = (64, 16)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
 
 
 class TrainParams(_Section):
     seed: int = 42
     epochs: int = Field(60, ge=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
     monitor: Literal["val_uar", "val_loss"] = "val_uar"
     early_stopping_patience: int = Field(12, ge=1)
     reduce_lr_patience: int = Field(5, ge=1)
@@ -111,8 +111,44 @@ class TrainParams(_Section):
     class_weights: bool = True
 
 
+PositiveInts = list[Annotated[int, Field(ge=1)]]
+
+
+class SearchSpace(_Section):
+    """Choices (lists) and ranges ([low, high]) the tuner samples from."""
+
+    filters_1: PositiveInts = Field(default_factory=lambda: [32, 64, 96], min_length=1)
+    filters_2: PositiveInts = Field(default_factory=lambda: [64, 128, 192], min_length=1)
+    filters_3: PositiveInts = Field(default_factory=lambda: [128, 256, 384], min_length=1)
+    kernel_size: PositiveInts = Field(default_factory=lambda: [3, 5, 7], min_length=1)
+    pool_size: PositiveInts = Field(default_factory=lambda: [2, 3], min_length=1)
+    dense_1: PositiveInts = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    dense_2: PositiveInts = Field(default_factory=lambda: [8, 16, 32], min_length=1)
+    dropout: tuple[float, float] = (0.1, 0.6)
+    learning_rate: tuple[float, float] = (2e-4, 3e-3)
+    batch_size: PositiveInts = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+
+    @model_validator(mode="after")
+    def _ranges_are_ordered(self) -> SearchSpace:
+        _ordered_pair("dropout", self.dropout)
+        _ordered_pair("learning_rate", self.learning_rate)
+        if self.dropout[0] < 0 or self.dropout[1] >= 1:
+            raise ValueError("dropout range must lie in [0, 1)")
+        if self.learning_rate[0] <= 0:
+            raise ValueError("learning_rate range must be positive")
+        return self
+
+
 class TuneParams(_Section):
     enabled: bool = False
+    n_trials: int = Field(20, ge=1)
+    timeout_s: float | None = Field(3600, gt=0)
+    seed: int = 13
+    n_jobs: int = Field(1, ge=1)
+    storage: str = Field("sqlite:///models/tune/study.db", min_length=1)
+    max_epochs: int = Field(40, ge=1)
+    pruner_warmup_epochs: int = Field(8, ge=0)
+    space: SearchSpace = SearchSpace()
 
 
 class EvaluateParams(_Section):

@@ -21,6 +21,7 @@ from ser.audio import BadAudio, load_clip
 from ser.augment import apply_recipe, clip_rng
 from ser.config import AugmentKind, Params
 from ser.features import clip_features, feature_names
+from ser.paths import workspace_root
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ def _cache_file(cache_dir: Path, key: str) -> Path:
     return cache_dir / key[:2] / f"{key}.npy"
 
 
+def cache_root(params: Params) -> Path:
+    """The feature cache, shared by the workspace and its queued-experiment copies."""
+    return workspace_root() / params.features.cache_dir
+
+
 def _limit_threads() -> None:
     """Worker initializer: one BLAS/OpenMP thread per process avoids oversubscription."""
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -97,7 +103,7 @@ def _extract(job: ClipJob, params: Params) -> str | None:
         vector = clip_features(copy, rate, params.features)
         if not np.all(np.isfinite(vector)):
             return f"features are not finite ({variant.name})"
-        target = _cache_file(params.features.cache_dir, key)
+        target = _cache_file(cache_root(params), key)
         write_with(target, lambda path, v=vector: np.save(path, v))
     return None
 
@@ -141,12 +147,12 @@ def extract_features(
     clips that could not be used, and timing statistics.
     """
     jobs, pending = [], []
+    cache_dir = cache_root(params)
     for row in manifest.itertuples(index=False):
         variants = variants_for(row.split, params)
         keys = tuple(cache_key(row.sha256, v, params) for v in variants)
         job = ClipJob(row.path, row.sha256, variants, keys)
         jobs.append(job)
-        cache_dir = params.features.cache_dir
         if not all(_cache_file(cache_dir, key).is_file() for key in keys):
             pending.append(job)
     log.info(
@@ -163,7 +169,7 @@ def extract_features(
             continue
         for variant, key in zip(job.variants, job.cache_keys, strict=True):
             rows.append({**record, "augmentation": variant.name})
-            vectors.append(np.load(_cache_file(params.features.cache_dir, key)))
+            vectors.append(np.load(_cache_file(cache_dir, key)))
     stats.vectors = len(rows)
     names = feature_names(params.features)
     values = np.vstack(vectors) if vectors else np.empty((0, len(names)), np.float32)

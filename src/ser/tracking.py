@@ -13,31 +13,16 @@ import mlflow
 import yaml
 
 from ser.config import Params, flatten
+from ser.paths import workspace_root
 
 log = logging.getLogger(__name__)
 
 RAW_DATA_DVC = Path("data/raw.dvc")
-_QUEUE_WORKSPACE_MARKER = Path(".dvc/tmp/exps")
-
-
-def store_root(start: Path | None = None) -> Path:
-    """The repository whose embedded store runs go to.
-
-    ``dvc exp run --queue`` runs each experiment in a copy under
-    ``.dvc/tmp/exps/`` of the workspace; its runs still belong to the workspace.
-    """
-    here = (start or Path.cwd()).resolve()
-    parts = here.parts
-    marker = _QUEUE_WORKSPACE_MARKER.parts
-    for i in range(len(parts) - len(marker) + 1):
-        if parts[i : i + len(marker)] == marker:
-            return Path(*parts[:i])
-    return here
 
 
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the SQLite store ``mlflow.db`` in the repository."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root() / 'mlflow.db'}"
 
 
 def _git_commit() -> str:
@@ -70,7 +55,7 @@ def run_tags(stage: str) -> dict[str, str]:
     }
 
 
-def _use_experiment(name: str) -> None:
+def use_experiment(name: str) -> None:
     """Point MLflow at the store and experiment; the embedded store keeps artifacts beside it."""
     embedded = not os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri())
@@ -78,7 +63,7 @@ def _use_experiment(name: str) -> None:
         # set_tracking_uri exports the variable; the default must follow the working directory
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         if mlflow.get_experiment_by_name(name) is None:
-            artifacts = (store_root() / "mlartifacts").as_uri()
+            artifacts = (workspace_root() / "mlartifacts").as_uri()
             mlflow.create_experiment(name, artifact_location=artifacts)
     mlflow.set_experiment(name)
 
@@ -89,7 +74,7 @@ def stage_run(stage: str, params: Params, run_id: str | None = None) -> Iterator
 
     A new run logs all params flat; a reopened run only gains what the stage logs.
     """
-    _use_experiment(params.mlflow.experiment)
+    use_experiment(params.mlflow.experiment)
     if run_id is not None and _run_exists(run_id):
         with mlflow.start_run(run_id=run_id) as run:
             yield run

@@ -105,7 +105,7 @@ def fit(
     y_val = encoder.transform(val_rows[["label"]].to_numpy())
     t = params.train
     network.compile(
-        optimizer=keras.optimizers.Adam(t.learning_rate),
+        optimizer=keras.optimizers.Adam(hp.learning_rate),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -125,7 +125,7 @@ def fit(
     history = network.fit(
         x_train, y_train,
         validation_data=(x_val, y_val),
-        epochs=t.epochs, batch_size=t.batch_size,
+        epochs=t.epochs, batch_size=hp.batch_size,
         class_weight=weights, callbacks=callbacks, shuffle=True, verbose=0,
     )  # fmt: skip
     return classifier, history

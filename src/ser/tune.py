@@ -1,26 +1,279 @@
-"""tune stage: choose the CNN's hyperparameters and write them where train reads them."""
+"""tune stage: Optuna search over the CNN's hyperparameters, scored on validation speakers only.
+
+The study lives in ``tune.storage`` (default: SQLite inside the persistent
+``models/tune`` output), so an interrupted search resumes with its finished
+trials, and several workers, here or on other machines, can fill one study.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
+import keras
+import matplotlib
+
+matplotlib.use("Agg")
 import mlflow
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
 
 from ser import paths
-from ser.artifacts import write_json
-from ser.config import ModelParams, Params
-from ser.tracking import stage_run
+from ser.artifacts import write_json, write_with
+from ser.config import DEFAULT_PARAMS, ModelParams, Params, SearchSpace
+from ser.dataset import load_features, select
+from ser.tracking import stage_run, use_experiment
+from ser.train import fit
 
 log = logging.getLogger(__name__)
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is logged per trial below
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+HEARTBEAT_S = 20
 
-def run(params: Params) -> ModelParams:
-    """With ``tune.enabled: false`` the model section of params.yaml is the choice."""
-    chosen = params.model
-    with stage_run("tune", params):
-        mlflow.set_tag("tune.source", "params.yaml (tune.enabled is false)")
-        mlflow.log_params({f"chosen.{k}": v for k, v in chosen.model_dump().items()})
+
+def suggest(trial: optuna.Trial, space: SearchSpace, base: ModelParams) -> ModelParams:
+    """The trial's hyperparameters; ``FixedTrial(best_params)`` rebuilds a chosen set."""
+    choice = trial.suggest_categorical
+    return base.model_copy(
+        update={
+            "filters": (
+                choice("filters_1", space.filters_1),
+                choice("filters_2", space.filters_2),
+                choice("filters_3", space.filters_3),
+            ),
+            "kernel_size": choice("kernel_size", space.kernel_size),
+            "pool_size": choice("pool_size", space.pool_size),
+            "dense_units": (choice("dense_1", space.dense_1), choice("dense_2", space.dense_2)),
+            "dropout": trial.suggest_float("dropout", *space.dropout),
+            "learning_rate": trial.suggest_float("learning_rate", *space.learning_rate, log=True),
+            "batch_size": choice("batch_size", space.batch_size),
+        }
+    )
+
+
+class PruningCallback(keras.callbacks.Callback):
+    """Reports validation UAR each epoch and stops training when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        super().__init__()
+        self.trial = trial
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.trial.report(float((logs or {})["val_uar"]), step=epoch + 1)
+        if self.trial.should_prune():
+            self.pruned_at = epoch + 1
+            self.model.stop_training = True
+
+
+def make_objective(
+    train_rows: pd.DataFrame, val_rows: pd.DataFrame, params: Params
+) -> Callable[[optuna.Trial], float]:
+    """Best validation UAR of a CNN trained with the trial's hyperparameters.
+
+    Only training and validation rows are given to it: the test speakers stay unseen.
+    """
+    trial_train = params.train.model_copy(update={"epochs": params.tune.max_epochs})
+    trial_params = params.model_copy(update={"train": trial_train})
+
+    def objective(trial: optuna.Trial) -> float:
+        hp = suggest(trial, params.tune.space, params.model)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        pruning = PruningCallback(trial)
+        try:
+            _, history = fit(train_rows, val_rows, hp, trial_params, [pruning])
+        except Exception as error:
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            raise
+        if pruning.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at}")
+        return max(history.history["val_uar"])
+
+    return objective
+
+
+def study_name(params: Params, features_sha256: str) -> str:
+    """Same search, data and training set-up → same study; any change starts a new one."""
+    spec = {
+        "space": params.tune.space.model_dump(mode="json"),
+        "base": params.model.model_dump(mode="json"),
+        "train": params.train.model_dump(mode="json", exclude={"epochs"}),
+        "max_epochs": params.tune.max_epochs,
+        "warmup": params.tune.pruner_warmup_epochs,
+        "seed": params.tune.seed,
+        "features": features_sha256,
+    }
+    return "ser-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def open_study(params: Params, name: str, worker: int = 0) -> optuna.Study:
+    """Create or load the study; stale trials of killed workers are failed by heartbeat."""
+    url = params.tune.storage
+    engine_kwargs = None
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    storage = optuna.storages.RDBStorage(
+        url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S
+    )
+    study = optuna.load_study(study_name=name, storage=storage) if _exists(storage, name) else None
+    finished = len(study.get_trials(deepcopy=False)) if study else 0
+    sampler = optuna.samplers.TPESampler(
+        seed=params.tune.seed + 1000 * worker + finished,
+        n_startup_trials=max(2, min(10, params.tune.n_trials // 3)),
+    )
+    pruner = optuna.pruners.MedianPruner(
+        n_startup_trials=3, n_warmup_steps=params.tune.pruner_warmup_epochs
+    )
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction="maximize",
+        load_if_exists=True,
+    )
+
+
+def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    return any(s.study_name == name for s in storage.get_all_studies())
+
+
+def _trial_reporter(budget: int, parent_run_id: str) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Logs progress and records each finished trial as a nested MLflow run."""
+
+    def report(study: optuna.Study, trial: FrozenTrial) -> None:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        best = _best(study)
+        best_text = f"best {best.value:.3f} (trial {best.number})" if best else "no best yet"
+        value = (
+            f"val UAR {trial.value:.3f}" if trial.value is not None else trial.state.name.lower()
+        )
+        error = trial.user_attrs.get("error")
+        log.info(
+            "trial %d finished (%d of %d): %s, %s%s",
+            trial.number, done, budget, value, best_text, f" — {error}" if error else "",
+        )  # fmt: skip
+        with mlflow.start_run(
+            run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id
+        ):
+            mlflow.log_params(trial.params)
+            mlflow.set_tags({"optuna.state": trial.state.name, "optuna.trial": trial.number})
+            if error:
+                mlflow.set_tag("optuna.error", error[:5000])
+            if trial.value is not None:
+                mlflow.log_metric("val_uar", trial.value)
+            for step, value_at in trial.intermediate_values.items():
+                mlflow.log_metric("val_uar_epoch", value_at, step=step)
+
+    return report
+
+
+def _best(study: optuna.Study) -> FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value) if complete else None
+
+
+def optimise(params: Params, parent_run_id: str, worker: int = 0) -> optuna.Study:
+    """Run trials in this process until the study's budget (all workers) is spent."""
+    features = load_features(paths.FEATURES)
+    objective = make_objective(
+        select(features, "train", with_augmented=True), select(features, "val"), params
+    )
+    study = open_study(params, study_name(params, _sha256(paths.FEATURES)), worker)
+    study.optimize(
+        objective,
+        timeout=params.tune.timeout_s,
+        catch=(Exception,),
+        callbacks=[
+            optuna.study.MaxTrialsCallback(params.tune.n_trials, states=None),
+            _trial_reporter(params.tune.n_trials, parent_run_id),
+        ],
+        n_trials=None if _remaining(study, params) > 0 else 0,
+    )
+    return study
+
+
+def _remaining(study: optuna.Study, params: Params) -> int:
+    return params.tune.n_trials - len(study.get_trials(deepcopy=False))
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _start_workers(count: int, params_path: Path, parent_run_id: str) -> list[subprocess.Popen]:
+    command = [sys.executable, "-m", "ser.cli", "--params", str(params_path), "tune"]
+    return [
+        subprocess.Popen([*command, "--worker", str(i), "--parent-run-id", parent_run_id])
+        for i in range(1, count + 1)
+    ]
+
+
+def _log_study_artifacts(study: optuna.Study) -> None:
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+
+    for name, plot in (("optimization_history", plot_optimization_history),
+                       ("param_importances", plot_param_importances)):  # fmt: skip
+        try:
+            axes = plot(study)
+        except (ValueError, RuntimeError) as error:  # e.g. fewer than two complete trials
+            log.info("no %s plot: %s", name, error)
+            continue
+        target = paths.TUNE_DIR / f"{name}.png"
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.tight_layout()
+        write_with(target, lambda path, f=figure: f.savefig(path, format="png", dpi=110))
+        mlflow.log_artifact(str(target), "tune")
+
+
+def run(params: Params, params_path: Path = DEFAULT_PARAMS) -> ModelParams:
+    """Choose hyperparameters (search, or params.yaml's model section) and write them for train."""
+    paths.TUNE_DIR.mkdir(parents=True, exist_ok=True)
+    with stage_run("tune", params) as parent:
+        if not params.tune.enabled:
+            chosen, trials = params.model, pd.DataFrame(columns=["number", "state", "value"])
+            mlflow.set_tag("tune.source", "params.yaml (tune.enabled is false)")
+        else:
+            workers = _start_workers(params.tune.n_jobs - 1, params_path, parent.info.run_id)
+            study = optimise(params, parent.info.run_id)
+            failed_workers = [w.args for w in workers if w.wait() != 0]
+            if failed_workers:
+                log.warning("%d tuning worker(s) failed: %s", len(failed_workers), failed_workers)
+            best = _best(study)
+            if best is None:
+                raise RuntimeError(f"study {study.study_name}: no trial completed")
+            chosen = suggest(optuna.trial.FixedTrial(best.params), params.tune.space, params.model)
+            trials = study.trials_dataframe()
+            mlflow.set_tags({"tune.source": "optuna", "tune.study": study.study_name})
+            mlflow.log_metrics({"best_val_uar": best.value, "best_trial": best.number})
+            _log_study_artifacts(study)
         write_json(paths.HYPERPARAMS, chosen.model_dump(mode="json"))
+        write_with(paths.TRIALS, lambda path: trials.to_csv(path, index=False))
+        mlflow.log_params({f"chosen.{k}": v for k, v in chosen.model_dump().items()})
         mlflow.log_artifact(str(paths.HYPERPARAMS))
-    log.info("hyperparameters from params.yaml written to %s", paths.HYPERPARAMS)
+        mlflow.log_artifact(str(paths.TRIALS), "tune")
+    log.info("hyperparameters written to %s: %s", paths.HYPERPARAMS, chosen.model_dump())
     return chosen
+
+
+def run_worker(params: Params, worker: int, parent_run_id: str | None) -> None:
+    """An extra worker on the same study (another process or machine); writes no outputs."""
+    if parent_run_id is not None:
+        use_experiment(params.mlflow.experiment)
+        optimise(params, parent_run_id, worker)
+        return
+    with stage_run("tune-worker", params) as run:
+        optimise(params, run.info.run_id, worker)
