@@ -1,8 +1,7 @@
 """Where each stage reads and writes, relative to the repository root (as in dvc.yaml)."""
 
+import os
 from pathlib import Path
-
-_QUEUE_WORKSPACE_MARKER = Path(".dvc/tmp/exps")
 
 MANIFEST = Path("data/processed/manifest.parquet")
 FEATURES = Path("data/processed/features.parquet")
@@ -23,16 +22,10 @@ TUNE_DIR = MODELS_DIR / "tune"
 TRIALS = TUNE_DIR / "trials.csv"
 
 
-def workspace_root(start: Path | None = None) -> Path:
+def workspace_root() -> Path:
     """The workspace whose MLflow store and feature cache this run uses.
 
-    ``dvc exp run --queue`` runs each experiment in a copy under
-    ``.dvc/tmp/exps/`` of the workspace; its runs still belong to the workspace.
+    DVC sets ``DVC_ROOT`` for every stage it runs; for queued experiments, which
+    run in a temporary copy, it names the workspace the queue belongs to.
     """
-    here = (start or Path.cwd()).resolve()
-    parts = here.parts
-    marker = _QUEUE_WORKSPACE_MARKER.parts
-    for i in range(len(parts) - len(marker) + 1):
-        if parts[i : i + len(marker)] == marker:
-            return Path(*parts[:i])
-    return here
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
