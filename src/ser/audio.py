@@ -48,6 +48,15 @@ def trim_silence(signal: np.ndarray, top_db: float) -> np.ndarray:
     return trimmed
 
 
+def fixed_window(
+    signal: np.ndarray, sample_rate: int, offset: float, window: float | None
+) -> np.ndarray:
+    """The part from ``offset`` seconds on, ``window`` seconds long (None: to the end)."""
+    start = int(offset * sample_rate)
+    stop = None if window is None else start + int(window * sample_rate)
+    return signal[start:stop]
+
+
 def normalise_loudness(signal: np.ndarray, target_dbfs: float) -> np.ndarray:
     """Scale to an RMS level of ``target_dbfs``, then keep the peak at or below full scale."""
     rms = float(np.sqrt(np.mean(np.square(signal, dtype=np.float64))))
@@ -62,7 +71,9 @@ def condition(samples: np.ndarray, sample_rate: int, params: AudioParams) -> np.
     if float(np.max(np.abs(signal))) < SILENCE_PEAK:
         raise BadAudio("silent: peak below -80 dBFS")
     signal = resample(signal, sample_rate, params.sample_rate)
-    signal = trim_silence(signal, params.trim_top_db)
+    signal = fixed_window(signal, params.sample_rate, params.offset, params.window)
+    if params.trim_top_db is not None:
+        signal = trim_silence(signal, params.trim_top_db)
     if len(signal) < params.min_duration * params.sample_rate:
         raise BadAudio(
             f"too short: {len(signal) / params.sample_rate:.2f} s of sound after trimming "

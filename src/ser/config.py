@@ -46,7 +46,9 @@ class SplitParams(_Section):
 
 class AudioParams(_Section):
     sample_rate: int = Field(16000, ge=8000, le=96000)
-    trim_top_db: float = Field(30.0, gt=0)
+    trim_top_db: float | None = Field(30.0, gt=0)
+    offset: float = Field(0.0, ge=0)
+    window: float | None = Field(None, gt=0)
     target_dbfs: float = Field(-20.0, lt=0)
     min_duration: float = Field(0.3, ge=0)
 
