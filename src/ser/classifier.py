@@ -48,8 +48,8 @@ class Classifier:
         if len(values) == 0:
             return np.empty((0, len(self.classes)), np.float32)
         inputs = self.prepare(values)
-        if len(inputs) <= batch_size:  # one direct call avoids predict()'s per-call set-up
-            return np.asarray(self.network(inputs, training=False))
+        if len(inputs) <= batch_size:  # a compiled call, without predict()'s per-call set-up
+            return np.asarray(self.network.predict_on_batch(inputs))
         return self.network.predict(inputs, batch_size=batch_size, verbose=0)
 
     def predict(self, values: np.ndarray) -> list[str]:
