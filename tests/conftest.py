@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile
 import yaml
+
+from ser.config import Params, parse_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_RAVDESS = PROJECT_ROOT.parent / "shared" / "datasets" / "ravdess-speech-16k"
@@ -73,7 +78,8 @@ def ravdess_corpus(tmp_path: Path) -> Path:
 FAST_PARAMS = {
     "augment": {"copies": [["noise"]]},
     "features": {"workers": 1, "n_mels": 32, "n_mfcc": 13},
-    "train": {"epochs": 3, "batch_size": 16, "early_stopping_patience": 2},
+    "model": {"batch_size": 16},
+    "train": {"epochs": 3, "early_stopping_patience": 2},
     "split": {"val_fraction": 0.2, "test_fraction": 0.2},
 }
 
@@ -156,3 +162,179 @@ def project_repo(tmp_path: Path, ravdess_corpus: Path) -> Callable[..., Path]:
         return make_project_repo(tmp_path / f"repo{next(counter)}", ravdess_corpus, params_override)
 
     return factory
+
+
+# Helpers for the unit tests: generated signals, fast params, a synthetic feature
+# table, a tiny trained model and throw-away MLflow stores.
+
+TINY_MODEL = {"filters": [8, 8, 8], "kernel_size": 3, "dense_units": [8, 8]}
+"""A seed-CNN shape small enough to train in a second."""
+
+
+def tone(
+    seconds: float = 1.0,
+    frequency: float = 220.0,
+    amplitude: float = 0.3,
+    sample_rate: int = SAMPLE_RATE,
+) -> np.ndarray:
+    """A pure sine tone."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def noise(
+    seconds: float = 1.0, amplitude: float = 0.1, seed: int = 0, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """Seeded white noise."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, amplitude, int(seconds * sample_rate)).astype(np.float32)
+
+
+def write_audio(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write ``samples`` (frames, or frames x channels) to ``path``, making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, samples, sample_rate)
+    return path
+
+
+def make_params(override: dict | None = None) -> Params:
+    """FAST_PARAMS over the defaults, then ``override``, validated as params.yaml would be."""
+    return parse_params(_merge(FAST_PARAMS, override or {}))
+
+
+def feature_table(
+    params: Params,
+    splits: dict[str, int] | None = None,
+    takes: int = 2,
+    seed: int = 0,
+    spread: float = 0.3,
+) -> pd.DataFrame:
+    """A learnable feature table shaped like preprocess's output.
+
+    ``splits`` maps split → number of speakers (alternating male/female); each
+    speaker has ``takes`` clips of every label, and training clips one ``noise`` copy.
+    Values are a per-label centre plus Gaussian noise of standard deviation ``spread``.
+    """
+    from ser import EMOTIONS
+    from ser.features import feature_names
+
+    names = feature_names(params.features)
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (len(EMOTIONS), len(names)))
+    rows, values = [], []
+    speaker = 0
+    for split, count in (splits or {"train": 4, "val": 2, "test": 2}).items():
+        for _ in range(count):
+            speaker += 1
+            for label_index, label in enumerate(EMOTIONS):
+                for take in range(takes):
+                    augmentations = ("none", "noise") if split == "train" else ("none",)
+                    for augmentation in augmentations:
+                        rows.append(
+                            {
+                                "path": f"raw/s{speaker:02d}/{label}_{take}.wav",
+                                "corpus": "ravdess",
+                                "speaker": f"ravdess:{speaker:02d}",
+                                "sex": "male" if speaker % 2 else "female",
+                                "label": label,
+                                "intensity": ("normal", "strong")[take % 2],
+                                "split": split,
+                                "augmentation": augmentation,
+                            }
+                        )
+                        values.append(centres[label_index] + rng.normal(0, spread, len(names)))
+    return pd.concat(
+        [pd.DataFrame(rows), pd.DataFrame(np.asarray(values, np.float32), columns=names)], axis=1
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``models/`` of a tiny CNN fitted for two epochs on a synthetic feature table."""
+    from ser.config import ModelParams
+    from ser.dataset import select
+    from ser.train import fit
+
+    params = make_params({"train": {"epochs": 2}})
+    table = feature_table(params)
+    classifier, _ = fit(
+        select(table, "train", with_augmented=True),
+        select(table, "val"),
+        ModelParams(**TINY_MODEL),
+        params,
+    )
+    directory = tmp_path_factory.mktemp("models")
+    classifier.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised, empty MLflow SQLite store (creating one costs seconds; copying it does not)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Path
+) -> Iterator[Path]:
+    """tmp_path as the working directory with its own embedded MLflow store (never the project's)."""
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    yield tmp_path
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+# Helpers for tests with servers on 127.0.0.1 and for checking that files were left alone.
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` by relative path (empty folders as ``dir``)."""
+    from ser.manifest import sha256_of
+
+    if not root.exists():
+        return {}
+    return {
+        str(path.relative_to(root)): "dir" if path.is_dir() else sha256_of(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() or (path.is_dir() and not any(path.iterdir()))
+    }
+
+
+class LoopbackServer(http.server.ThreadingHTTPServer):
+    """A threaded HTTP server on a free port of 127.0.0.1; ``with server:`` serves it in a thread."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]):
+        super().__init__(("127.0.0.1", 0), handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> LoopbackServer:
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+        self.server_close()

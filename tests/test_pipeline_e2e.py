@@ -1,19 +1,160 @@
-"""The real `dvc repro` on a tiny generated corpus in a temporary repository."""
+"""The real `dvc repro` on a tiny generated corpus in a temporary repository.
+
+One full reproduction is shared by the tests of this module (in file order); the
+last one adds a `dvc exp run` that re-runs only training and evaluation.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
+import mlflow
 import pytest
-from conftest import run
+import yaml
+from conftest import make_project_repo, run, write_ravdess_corpus
+
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.slow
-def test_dvc_repro_end_to_end(project_repo):
-    repo = project_repo()
-    run(["dvc", "repro"], repo)
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project repository with 84 generated clips (6 speakers) after `dvc repro`."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    write_ravdess_corpus(corpus)
+    repository = make_project_repo(tmp_path_factory.mktemp("e2e") / "repo", corpus)
+    run(["dvc", "repro"], repository)
+    return repository
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def status(repository: Path) -> dict:
+    return json.loads(run(["dvc", "status", "--json"], repository).stdout or "{}")
+
+
+def training_runs(repository: Path) -> list:
+    client = mlflow.MlflowClient(f"sqlite:///{repository / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ser")
+    runs = client.search_runs([experiment.experiment_id])
+    return [r for r in runs if r.data.tags.get("ser.stage") == "train"]
+
+
+def test_metrics_and_outputs(repo):
+    metrics = read_json(repo / "reports/metrics.json")
+    assert set(metrics) == {"test"}
+    assert set(metrics["test"]) == {"accuracy", "uar", "macro_f1", "clips"}
     assert 0 <= metrics["test"]["uar"] <= 1
-    assert (repo / "models/model.keras").is_file()
-    status = run(["dvc", "status"], repo)
-    assert "up to date" in status.stdout
+    report = read_json(repo / "reports/preprocess.json")
+    assert metrics["test"]["clips"] == report["splits"]["test"]["clips"] == 14  # 1 speaker
+    assert report["skipped"] == 0
+    train = read_json(repo / "reports/train.json")
+    assert {"val_uar", "val_accuracy", "epochs_run", "train_rows"} <= set(train)
+    assert train["train_rows"] == 2 * report["splits"]["train"]["clips"]  # + one noise copy
+    for name in ("model.keras", "preprocessing.joblib", "feature_config.json", "hyperparams.json"):
+        assert (repo / "models" / name).is_file()
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert json.dumps(shown).count('"uar"') >= 1
+
+
+def test_plots_are_rendered_by_dvc(repo):
+    with (repo / "reports/training_curve.csv").open() as handle:
+        curve = list(csv.DictReader(handle))
+    assert {"epoch", "loss", "val_loss", "accuracy", "val_accuracy", "val_uar"} <= set(curve[0])
+    assert len(curve) == read_json(repo / "reports/train.json")["epochs_run"]
+    with (repo / "reports/predictions.csv").open() as handle:
+        predictions = list(csv.DictReader(handle))
+    assert {"actual", "predicted"} <= set(predictions[0])
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
+    assert set(plots) == {
+        "reports/training_curve.csv",
+        "reports/predictions.csv",
+        "Loss",
+        "Accuracy",
+    }
+    for rendered in plots.values():
+        assert rendered[0]["type"] == "vega"
+        assert rendered[0]["content"]["data"]["values"]
+    assert (repo / "reports/confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mlflow_runs_carry_stages_metrics_and_tags(repo):
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ser")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {"preprocess", "tune", "train"} <= {r.data.tags.get("ser.stage") for r in runs}
+
+    (training,) = training_runs(repo)
+    assert training.info.run_id == read_json(repo / "models/mlflow_run.json")["run_id"]
+    test_uar = read_json(repo / "reports/metrics.json")["test"]["uar"]
+    assert training.data.metrics["test_uar"] == pytest.approx(test_uar)
+    assert training.data.params["train.epochs"] == "3"
+
+    commit = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    data_md5 = yaml.safe_load((repo / "data/raw.dvc").read_text())["outs"][0]["md5"]
+    for logged in runs:
+        assert logged.data.tags["mlflow.source.git.commit"] == commit
+        assert logged.data.tags["dvc.exp_name"] == "workspace"
+        assert logged.data.tags["data.version"] == data_md5
+
+
+def test_status_is_clean_after_repro(repo):
+    assert status(repo) == {}
+
+
+def edited_params(repository: Path, section: str, key: str, value: object) -> dict:
+    """`dvc status` after setting one knob in params.yaml (restored afterwards)."""
+    path = repository / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        return status(repository)
+    finally:
+        path.write_text(original)
+
+
+def test_a_training_knob_invalidates_training_not_features(repo):
+    """Evaluate re-runs too once train has produced a new model (see the `dvc exp run` test)."""
+    changed = edited_params(repo, "train", "epochs", 5)
+    assert set(changed) == {"train"}
+    assert "params.yaml" in json.dumps(changed["train"])
+    assert status(repo) == {}  # the knob was put back
+
+
+def test_a_feature_knob_invalidates_preprocessing(repo):
+    changed = edited_params(repo, "features", "n_mfcc", 20)
+    assert set(changed) == {"preprocess"}
+    assert "params.yaml" in json.dumps(changed["preprocess"])
+
+
+def test_exp_run_records_an_experiment(repo):
+    run(["dvc", "exp", "run", "-n", "two-epochs", "-S", "train.epochs=2"], repo)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    experiments = {
+        rev["name"]: rev["data"]
+        for baseline in shown
+        for experiment in baseline.get("experiments") or []
+        for rev in experiment.get("revs") or []
+        if rev.get("name")
+    }
+    assert "two-epochs" in experiments
+    metrics = experiments["two-epochs"]["metrics"]
+    assert metrics["reports/train.json"]["data"]["epochs_run"] <= 2
+    assert 0 <= metrics["reports/metrics.json"]["data"]["test"]["uar"] <= 1
+    params = experiments["two-epochs"]["params"]["params.yaml"]["data"]
+    assert params["train"]["epochs"] == 2
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ser").experiment_id])
+    rerun = {r.data.tags["ser.stage"] for r in runs if r.data.tags["dvc.exp_name"] == "two-epochs"}
+    assert rerun == {"train"}  # preprocess and tune were not re-run; evaluate joined train's run
+    by_experiment = {r.data.tags["dvc.exp_name"]: r for r in training_runs(repo)}
+    assert set(by_experiment) == {"workspace", "two-epochs"}
+    assert by_experiment["two-epochs"].info.run_name == "two-epochs:train"
+    assert by_experiment["two-epochs"].data.params["train.epochs"] == "2"
+    assert "test_uar" in by_experiment["two-epochs"].data.metrics

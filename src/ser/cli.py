@@ -27,9 +27,9 @@ def _stage(name: str, params_path: Path) -> None:
 
 
 def _tune(args: argparse.Namespace) -> None:
+    params = load_params(args.params)  # validated before the heavy imports
     from ser import tune
 
-    params = load_params(args.params)
     if args.worker is None:
         tune.run(params, args.params)
     else:
@@ -86,9 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         "remote", help="dvc push / pull / status -c, bounded in time (see docs/gcs.md)"
     )
     remote.add_argument("action", choices=["push", "pull", "status"])
+    remote.add_argument("targets", nargs="*", help="DVC files or outputs (default: all)")
     remote.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
     remote.add_argument(
-        "--timeout", type=float, help="seconds before giving up (default: $SER_REMOTE_TIMEOUT or 600)"
+        "--timeout",
+        type=float,
+        help="seconds before giving up (default: $SER_REMOTE_TIMEOUT or 600)",
     )
     return parser
 
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             return _predict(args)
         elif args.command == "remote":
-            remote.run(args.action, args.remote, args.timeout)
+            remote.run(args.action, args.remote, args.timeout, args.targets)
         elif args.command == "tune":
             _tune(args)
         else:

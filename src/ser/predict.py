@@ -57,9 +57,10 @@ def predict_files(
 
 
 def write_predictions(
-    inputs: list[Path], model_dir: Path, as_json: bool, out: TextIO = sys.stdout
+    inputs: list[Path], model_dir: Path, as_json: bool, out: TextIO | None = None
 ) -> int:
-    """Print one CSV line (or JSON object) per file; return how many files failed."""
+    """Print one CSV line (or JSON object) per file to ``out`` (default stdout); return failures."""
+    out = out or sys.stdout
     classifier = Classifier.load(model_dir)
     writer = csv.writer(out)
     if not as_json:

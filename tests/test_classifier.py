@@ -1,0 +1,98 @@
+"""The saved classifier: network, scaler, label encoder and feature config travel together."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_MODEL, make_params
+from sklearn.preprocessing import StandardScaler
+
+from ser import EMOTIONS
+from ser.classifier import SAVED_FILES, Classifier, label_encoder
+from ser.config import AudioParams, FeatureParams, ModelParams
+from ser.features import feature_names
+from ser.model import build_cnn
+
+
+def test_label_encoder_has_the_seven_labels_in_order():
+    encoder = label_encoder()
+    assert [str(c) for c in encoder.categories_[0]] == list(EMOTIONS)
+    one_hot = encoder.transform(np.array([["sad"], ["neutral"]]))
+    np.testing.assert_array_equal(one_hot.argmax(axis=1), [EMOTIONS.index("sad"), 0])
+
+
+def test_saved_model_predicts_like_the_original(trained_model_dir):
+    classifier = Classifier.load(trained_model_dir)
+    values = np.random.default_rng(0).normal(size=(300, len(classifier.feature_names)))
+    probabilities = classifier.predict_proba(values)
+    copy = trained_model_dir.parent / "copy"
+    classifier.save(copy)
+    assert sorted(p.name for p in copy.iterdir()) == sorted(SAVED_FILES)
+    reloaded = Classifier.load(copy)
+    np.testing.assert_array_equal(reloaded.predict_proba(values), probabilities)
+    assert reloaded.predict(values) == classifier.predict(values)
+    assert reloaded.feature_names == classifier.feature_names
+    np.testing.assert_array_equal(reloaded.scaler.mean_, classifier.scaler.mean_)
+
+
+def test_round_trip_of_a_fresh_network(tmp_path):
+    params = make_params({"audio": {"target_dbfs": -23.0}, "features": {"stats": ["mean"]}})
+    names = feature_names(params.features)
+    rng = np.random.default_rng(1)
+    scaler = StandardScaler().fit(rng.normal(3, 2, size=(50, len(names))))
+    network = build_cnn(len(names), len(EMOTIONS), ModelParams(**TINY_MODEL))
+    original = Classifier(network, scaler, label_encoder(), names, params.audio, params.features)
+    original.save(tmp_path)
+    loaded = Classifier.load(tmp_path)
+    values = rng.normal(3, 2, size=(20, len(names)))
+    np.testing.assert_allclose(loaded.predict_proba(values), original.predict_proba(values))
+    assert loaded.audio == params.audio
+    assert loaded.features.stats == ["mean"]
+    assert loaded.classes == list(EMOTIONS)
+
+
+def test_feature_config_leaves_out_machine_specific_knobs(trained_model_dir):
+    config = json.loads((trained_model_dir / "feature_config.json").read_text())
+    assert set(config) == {"audio", "features"}
+    assert "workers" not in config["features"]
+    assert "cache_dir" not in config["features"]
+    assert AudioParams(**config["audio"]) == make_params().audio
+    assert FeatureParams(**config["features"]).n_mels == make_params().features.n_mels
+
+
+def test_probabilities_are_a_distribution_over_the_labels(trained_model_dir):
+    classifier = Classifier.load(trained_model_dir)
+    values = np.random.default_rng(2).normal(size=(10, len(classifier.feature_names)))
+    probabilities = classifier.predict_proba(values)
+    assert probabilities.shape == (10, len(EMOTIONS))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert set(classifier.predict(values)) <= set(EMOTIONS)
+
+
+def test_batched_and_direct_prediction_agree(trained_model_dir):
+    classifier = Classifier.load(trained_model_dir)
+    values = np.random.default_rng(3).normal(size=(40, len(classifier.feature_names)))
+    direct = classifier.predict_proba(values, batch_size=256)
+    batched = classifier.predict_proba(values, batch_size=16)
+    np.testing.assert_allclose(direct, batched, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_input_gives_an_empty_result(trained_model_dir):
+    classifier = Classifier.load(trained_model_dir)
+    empty = classifier.predict_proba(np.empty((0, len(classifier.feature_names))))
+    assert empty.shape == (0, len(EMOTIONS))
+    assert classifier.predict(np.empty((0, len(classifier.feature_names)))) == []
+
+
+def test_prepare_standardises_with_training_statistics(trained_model_dir):
+    classifier = Classifier.load(trained_model_dir)
+    prepared = classifier.prepare(classifier.scaler.mean_[np.newaxis, :])
+    assert prepared.shape == (1, len(classifier.feature_names), 1)
+    np.testing.assert_allclose(prepared, 0.0, atol=1e-5)
+
+
+def test_loading_without_a_model_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no trained model \(run the train stage\)"):
+        Classifier.load(tmp_path)

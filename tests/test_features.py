@@ -1,0 +1,108 @@
+"""Per-frame acoustic features and their per-clip statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_RATE, noise, tone
+
+from ser.config import FeatureParams
+from ser.features import (
+    N_CHROMA,
+    clip_features,
+    feature_names,
+    frame_feature_names,
+    frame_features,
+)
+
+PARAMS = FeatureParams(n_mels=32, n_mfcc=13)
+
+SIGNALS = {
+    "tone": tone(0.6, 220),
+    "noise": noise(0.6, 0.1),
+    "shorter-than-n_fft": tone(0.01, 440),
+    "silence": np.zeros(SAMPLE_RATE // 2, np.float32),
+}
+
+
+@pytest.mark.parametrize("name", list(SIGNALS))
+@pytest.mark.parametrize(
+    "stats", [["mean"], ["mean", "std"], ["min", "max", "median", "skew", "kurtosis"]]
+)
+def test_vector_matches_names_and_is_finite(name, stats):
+    params = FeatureParams(n_mels=32, n_mfcc=13, stats=stats)
+    vector = clip_features(SIGNALS[name], SAMPLE_RATE, params)
+    assert vector.shape == (len(feature_names(params)),)
+    assert vector.dtype == np.float32
+    assert np.all(np.isfinite(vector))
+
+
+def test_names_are_unique_and_statistic_major():
+    names = feature_names(FeatureParams(n_mels=32, n_mfcc=13, stats=["mean", "std"]))
+    per_frame = 2 + N_CHROMA + 32 + 13
+    assert len(names) == len(set(names)) == 2 * per_frame
+    assert names[0] == "zcr_mean"
+    assert names[per_frame] == "zcr_std"
+    assert names[per_frame - 1] == "mfcc_12_mean"
+
+
+def test_frame_features_follow_frame_names():
+    frames = frame_features(tone(0.5), SAMPLE_RATE, PARAMS)
+    assert frames.shape[0] == len(frame_feature_names(PARAMS))
+    expected_frames = 1 + int(0.5 * SAMPLE_RATE) // PARAMS.hop_length
+    assert frames.shape[1] == expected_frames
+
+
+def test_statistics_are_selected_by_name():
+    signal = noise(0.5, 0.1, seed=3)
+    both = clip_features(signal, SAMPLE_RATE, FeatureParams(n_mels=32, n_mfcc=13))
+    mean = clip_features(signal, SAMPLE_RATE, FeatureParams(n_mels=32, n_mfcc=13, stats=["mean"]))
+    std = clip_features(signal, SAMPLE_RATE, FeatureParams(n_mels=32, n_mfcc=13, stats=["std"]))
+    np.testing.assert_allclose(both, np.concatenate([mean, std]), rtol=1e-6)
+    frames = frame_features(signal, SAMPLE_RATE, PARAMS)
+    np.testing.assert_allclose(mean, frames.mean(axis=1), rtol=1e-5)
+
+
+def test_order_statistics_are_consistent():
+    params = FeatureParams(n_mels=32, n_mfcc=13, stats=["min", "median", "max"])
+    low, middle, high = np.split(clip_features(noise(0.5), SAMPLE_RATE, params), 3)
+    assert np.all(low <= middle)
+    assert np.all(middle <= high)
+
+
+@pytest.mark.parametrize("n_mels", [32, 64])
+def test_no_empty_mel_band_up_to_nyquist(n_mels):
+    """fmax is the Nyquist frequency, so every band, the top ones included, sees energy."""
+    params = FeatureParams(n_mels=n_mels, n_mfcc=13, stats=["mean"])
+    vector = clip_features(noise(1.0, 0.1), SAMPLE_RATE, params)
+    log_mel = vector[[n.startswith("logmel_") for n in feature_names(params)]]
+    assert len(log_mel) == n_mels
+    floor = 10 * np.log10(1e-10)  # power_to_db of an empty band
+    assert log_mel.min() > floor + 40
+    # white noise has a flat spectrum: the top band is within a few dB of the middle one
+    assert abs(log_mel[-1] - log_mel[n_mels // 2]) < 15
+
+
+def test_mel_bands_track_where_the_energy_is():
+    params = FeatureParams(n_mels=32, n_mfcc=13, stats=["mean"])
+    names = feature_names(params)
+    low = dict(zip(names, clip_features(tone(0.5, 200), SAMPLE_RATE, params), strict=True))
+    high = dict(zip(names, clip_features(tone(0.5, 6000), SAMPLE_RATE, params), strict=True))
+    assert low["logmel_02_mean"] > high["logmel_02_mean"]
+    assert high["logmel_30_mean"] > low["logmel_30_mean"]
+    assert high["zcr_mean"] > 10 * low["zcr_mean"]
+
+
+def test_louder_clip_has_higher_rms_feature():
+    params = FeatureParams(n_mels=32, n_mfcc=13, stats=["mean"])
+    index = feature_names(params).index("rms_mean")
+    quiet = clip_features(tone(0.5, amplitude=0.05), SAMPLE_RATE, params)[index]
+    loud = clip_features(tone(0.5, amplitude=0.5), SAMPLE_RATE, params)[index]
+    assert loud == pytest.approx(10 * quiet, rel=0.01)
+
+
+def test_features_are_deterministic():
+    signal = noise(0.5, seed=9)
+    np.testing.assert_array_equal(
+        clip_features(signal, SAMPLE_RATE, PARAMS), clip_features(signal, SAMPLE_RATE, PARAMS)
+    )

@@ -1,0 +1,110 @@
+"""``ser predict``: one line per file, folders walked, unusable files reported."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+from conftest import noise, tone, write_audio
+
+from ser import EMOTIONS
+from ser.classifier import Classifier
+from ser.cli import main
+from ser.predict import audio_files, featurise, predict_files, write_predictions
+
+
+@pytest.fixture
+def clips(tmp_path):
+    """Three usable clips (one in a sub-folder, one stereo at 44.1 kHz) and a broken one."""
+    folder = tmp_path / "clips"
+    good = [
+        write_audio(folder / "a.wav", tone(0.8, 200)),
+        write_audio(folder / "b.flac", noise(0.8, 0.1)),
+        write_audio(
+            folder / "sub" / "c.wav", np.stack([tone(0.8, 300, sample_rate=44_100)] * 2, 1), 44_100
+        ),
+    ]
+    broken = folder / "broken.wav"
+    broken.write_text("not audio")
+    (folder / "notes.txt").write_text("not audio and not an audio suffix")
+    return folder, good, broken
+
+
+def test_folders_are_walked_for_audio_files(clips, tmp_path):
+    folder, good, broken = clips
+    assert list(audio_files([folder])) == sorted([*good, broken])
+    extra = tmp_path / "extra.txt"
+    assert list(audio_files([extra, folder / "a.wav"])) == [extra, folder / "a.wav"]
+
+
+def test_csv_has_a_header_and_one_line_per_file(clips, trained_model_dir):
+    folder, good, broken = clips
+    out = io.StringIO()
+    failures = write_predictions([folder], trained_model_dir, as_json=False, out=out)
+    assert failures == 1
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert rows[0] == ["path", "label", *EMOTIONS]
+    assert [row[0] for row in rows[1:]] == [str(p) for p in sorted(good)]
+    assert str(broken) not in out.getvalue()
+    for row in rows[1:]:
+        probabilities = [float(p) for p in row[2:]]
+        assert row[1] == EMOTIONS[int(np.argmax(probabilities))]
+        assert sum(probabilities) == pytest.approx(1, abs=1e-3)
+
+
+def test_json_lines(clips, trained_model_dir):
+    _, good, _ = clips
+    out = io.StringIO()
+    failures = write_predictions([*good], trained_model_dir, as_json=True, out=out)
+    assert failures == 0
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["path"] for r in records] == [str(p) for p in good]
+    for record in records:
+        assert set(record) == {"path", "label", "probabilities"}
+        assert list(record["probabilities"]) == list(EMOTIONS)
+        assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
+
+
+def test_predictions_match_the_classifier_on_the_same_features(clips, trained_model_dir):
+    _, good, _ = clips
+    classifier = Classifier.load(trained_model_dir)
+    results = list(predict_files(good, classifier, batch_size=2))  # batches of 2 and 1
+    assert [path for path, _, _ in results] == good
+    expected = classifier.predict_proba(np.vstack([featurise(p, classifier) for p in good]))
+    np.testing.assert_allclose(np.vstack([r for _, _, r in results]), expected, rtol=1e-5)
+
+
+def test_unusable_files_are_yielded_with_the_reason(clips, trained_model_dir, tmp_path):
+    _, _, broken = clips
+    silent = write_audio(tmp_path / "silent.wav", np.zeros(16_000, np.float32))
+    missing = tmp_path / "missing.wav"
+    classifier = Classifier.load(trained_model_dir)
+    results = {
+        path: (label, reason)
+        for path, label, reason in predict_files([broken, silent, missing], classifier)
+    }
+    assert results[broken][0] is None
+    assert "not readable audio" in results[broken][1]
+    assert results[silent] == (None, "silent: peak below -80 dBFS")
+    assert results[missing][0] is None
+
+
+def test_command_prints_csv_and_exits_1_on_a_bad_file(clips, trained_model_dir, capsys, caplog):
+    folder, good, broken = clips
+    with caplog.at_level(logging.ERROR, logger="ser"):
+        code = main(["predict", str(folder), "--model-dir", str(trained_model_dir)])
+    assert code == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ",".join(["path", "label", *EMOTIONS])
+    assert len(lines) == 1 + len(good)
+    assert f"{broken}: not readable audio" in caplog.text
+
+
+def test_command_exits_0_when_every_file_is_usable(clips, trained_model_dir, capsys):
+    _, good, _ = clips
+    assert main(["predict", *map(str, good), "--json", "--model-dir", str(trained_model_dir)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(good)

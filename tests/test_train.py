@@ -1,0 +1,163 @@
+"""Training: determinism, class weights, scaling on training rows, early stopping on val_uar."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from conftest import TINY_MODEL, feature_table, make_params
+
+from ser import EMOTIONS, paths
+from ser.artifacts import write_json, write_parquet
+from ser.config import ModelParams
+from ser.dataset import feature_columns, matrix, select
+from ser.metrics import uar
+from ser.train import chosen_hyperparameters, class_weights, fit, run
+
+HP = ModelParams(**TINY_MODEL)
+PARAMS = make_params({"train": {"epochs": 15, "early_stopping_patience": 3}})
+
+
+class Stop(Exception):
+    """Raised by spies to end ``fit`` once what it passes on has been seen."""
+
+
+@pytest.fixture(scope="module")
+def table():
+    # noisy enough that validation UAR does not simply climb to 1 and stay there
+    return feature_table(PARAMS, spread=3.0)
+
+
+@pytest.fixture(scope="module")
+def fitted(table):
+    train_rows, val_rows = select(table, "train", with_augmented=True), select(table, "val")
+    return fit(train_rows, val_rows, HP, PARAMS)
+
+
+def test_same_params_give_identical_weights_and_metrics(table, fitted):
+    classifier, history = fitted
+    again, again_history = fit(
+        select(table, "train", with_augmented=True), select(table, "val"), HP, PARAMS
+    )
+    assert again_history.history == history.history
+    for mine, theirs in zip(
+        classifier.network.get_weights(), again.network.get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_scaler_is_fitted_on_training_rows_only(table, fitted):
+    classifier, _ = fitted
+    columns = feature_columns(table)
+    train = matrix(select(table, "train", with_augmented=True), columns)
+    everything = matrix(table, columns)
+    np.testing.assert_allclose(classifier.scaler.mean_, train.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(classifier.scaler.scale_, train.std(axis=0), rtol=1e-4)
+    assert not np.allclose(classifier.scaler.mean_, everything.mean(axis=0), rtol=1e-3)
+    assert classifier.feature_names == columns
+
+
+def test_validation_uar_is_logged_every_epoch(fitted):
+    _, history = fitted
+    logs = history.history
+    assert {"loss", "val_loss", "accuracy", "val_accuracy", "val_uar"} <= set(logs)
+    assert len(logs["val_uar"]) == len(logs["loss"])
+    assert all(0 <= value <= 1 for value in logs["val_uar"])
+
+
+def test_early_stopping_restores_the_best_val_uar(table, fitted):
+    classifier, history = fitted
+    curve = history.history["val_uar"]
+    patience = PARAMS.train.early_stopping_patience
+    assert len(curve) < PARAMS.train.epochs  # it stopped early
+    assert len(curve) - 1 - int(np.argmax(curve)) == patience  # patience epochs after the best
+    val_rows = select(table, "val")
+    predicted = classifier.predict(matrix(val_rows, classifier.feature_names))
+    assert uar(val_rows["label"].tolist(), predicted) == pytest.approx(max(curve))
+
+
+@pytest.mark.parametrize(("monitor", "mode"), [("val_uar", "max"), ("val_loss", "min")])
+def test_callbacks_watch_the_monitored_metric(monkeypatch, table, monitor, mode):
+    seen = {}
+
+    class SpyEarlyStopping(keras.callbacks.EarlyStopping):
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            raise Stop
+
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", SpyEarlyStopping)
+    params = make_params({"train": {"monitor": monitor, "early_stopping_patience": 7}})
+    with pytest.raises(Stop):
+        fit(select(table, "train"), select(table, "val"), HP, params)
+    assert seen == {
+        "monitor": monitor,
+        "mode": mode,
+        "patience": 7,
+        "restore_best_weights": True,
+    }
+
+
+def test_class_weights_balance_the_counts():
+    labels = np.array([0, 0, 0, 0, 0, 0, 3, 3])
+    weights = class_weights(labels)
+    assert set(weights) == {0, 3}  # only classes that occur
+    assert weights[0] * 6 == pytest.approx(weights[3] * 2)
+    assert weights[3] == pytest.approx(8 / (2 * 2))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_class_weights_reach_keras(monkeypatch, table, enabled):
+    seen = {}
+
+    def spy_fit(self, *args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(keras.Model, "fit", spy_fit)
+    train_rows = select(table, "train")
+    rare = EMOTIONS.index("sad")
+    keep = (train_rows["label"] != "sad") | (train_rows.index % 4 == 0)
+    train_rows = train_rows[keep].reset_index(drop=True)
+    params = make_params({"train": {"class_weights": enabled}})
+    with pytest.raises(Stop):
+        fit(train_rows, select(table, "val"), HP, params)
+    if not enabled:
+        assert seen["class_weight"] is None
+        return
+    weights = seen["class_weight"]
+    assert set(weights) == set(range(len(EMOTIONS)))
+    assert weights[rare] > 2 * weights[EMOTIONS.index("happy")]
+
+
+def test_missing_hyperparameters_say_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the tune stage"):
+        chosen_hyperparameters(tmp_path / "hyperparams.json")
+
+
+def test_stage_saves_model_metrics_and_curve(mlflow_workspace):
+    params = make_params({"train": {"epochs": 2}})
+    write_parquet(paths.FEATURES, feature_table(params))
+    write_json(paths.HYPERPARAMS, HP.model_dump(mode="json"))
+    metrics = run(params)
+
+    assert metrics["train_rows"] == 4 * 7 * 2 * 2  # speakers x labels x takes x (1 + noise copy)
+    assert metrics["epochs_run"] == 2
+    assert json.loads(paths.TRAIN_METRICS.read_text()) == metrics
+    for name in ("model.keras", "preprocessing.joblib", "feature_config.json"):
+        assert (paths.MODELS_DIR / name).is_file()
+    with paths.TRAINING_CURVE.open() as handle:
+        curve = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in curve] == ["1", "2"]
+    assert {"loss", "val_loss", "val_uar", "learning_rate"} <= set(curve[0])
+
+    run_id = json.loads(paths.TRAIN_RUN_ID.read_text())["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{mlflow_workspace / 'mlflow.db'}")
+    logged = client.get_run(run_id)
+    assert logged.data.tags["ser.stage"] == "train"
+    assert logged.data.metrics["final_val_uar"] == pytest.approx(metrics["val_uar"])
+    assert [m.step for m in client.get_metric_history(run_id, "val_uar")] == [1, 2]
+    assert logged.data.params["chosen.kernel_size"] == str(HP.kernel_size)
