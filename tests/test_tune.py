@@ -171,9 +171,11 @@ def test_killed_tune_resumes_with_its_finished_trials(workspace: Path) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         time.sleep(1)
-        if Path("models/tune/study.db").exists() and optuna.get_all_study_summaries(storage):
-            if len(finished(storage)) >= 1:
-                break
+        study_started = Path("models/tune/study.db").exists() and bool(
+            optuna.get_all_study_summaries(storage)
+        )
+        if study_started and len(finished(storage)) >= 1:
+            break
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = {t.number: t.params for t in finished(storage)}
