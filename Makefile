@@ -34,3 +34,21 @@ mlflow-ui: install  ## browse runs of the embedded store at http://127.0.0.1:500
 
 benchmark: install  ## speed figures on the shared RAVDESS (see README)
 	python benchmarks/pipeline_speed.py
+
+.PHONY: push pull
+
+push: install  ## send data, features and models to the DVC remote (docs/gcs.md)
+	ser remote push
+
+pull: install  ## fetch data, features and models from the DVC remote (docs/gcs.md)
+	ser remote pull
+
+# Airflow with a project-local home (.airflow/, SQLite) that sees only this checkout's dags/
+AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False
+.PHONY: airflow-test airflow-standalone
+airflow-test: install  ## run the ser_pipeline DAG once here: dvc pull, repro, quality gate, push (docs/airflow.md)
+	$(AIRFLOW_ENV) airflow db migrate
+	$(AIRFLOW_ENV) airflow dags test ser_pipeline
+
+airflow-standalone: install  ## local Airflow on http://localhost:8080 running ser_pipeline on its schedule (docs/airflow.md)
+	$(AIRFLOW_ENV) airflow standalone

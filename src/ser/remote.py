@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,14 +169,19 @@ def run_dvc(command: list[str], env: dict[str, str], timeout: float, log_path: P
         raise RemoteError(f"`{shown}` failed: {_last_error(log_path)} (its log: {log_path})")
 
 
-def run(action: str, remote_name: str | None = None, timeout: float | None = None) -> None:
-    """``dvc push``, ``pull`` or ``status --cloud`` against a remote, all within ``timeout`` s."""
+def run(
+    action: str,
+    remote_name: str | None = None,
+    timeout: float | None = None,
+    targets: Sequence[str] = (),
+) -> None:
+    """``dvc push``, ``pull`` or ``status --cloud`` (of ``targets``, default all) within ``timeout`` s."""
     environ = dict(os.environ)
     seconds = resolve_timeout(timeout, environ)
     deadline = time.monotonic() + seconds
     remote = resolve_remote(remote_name)
     env = remote_env(remote, environ)
     probe(remote, env, min(PROBE_TIMEOUT_S, seconds))
-    command = ["dvc", *ACTIONS[action], "--remote", remote.name]
+    command = ["dvc", *ACTIONS[action], "--remote", remote.name, *targets]
     log.debug("running %s (timeout %g s)", " ".join(command), seconds)
     run_dvc(command, env, max(deadline - time.monotonic(), 1.0), remote.dvc_dir / "tmp" / LOG_NAME)

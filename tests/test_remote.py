@@ -1,0 +1,250 @@
+"""The DVC remote: push, fresh clone, pull against a GCS emulator on 127.0.0.1, and failing safely."""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT, LoopbackServer, free_port, project_env, run, tree_digest
+
+from ser import remote
+from ser.remote import RemoteError
+
+BUCKET = "ser-test"
+PIPELINE_FOLDERS = ("data/raw", "data/processed", "models", "reports")
+
+
+class Emulator:
+    """``gcp-storage-emulator`` (the GCS JSON API) on 127.0.0.1, keeping its data on disk."""
+
+    def __init__(self, data_dir: Path):
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gcp_storage_emulator", "-d", str(self.data_dir), "start",
+             "--host", "127.0.0.1", "--port", str(self.port), "--default-bucket", BUCKET, "-q"],
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/storage/v1/b/{BUCKET}", timeout=1).close()
+                return
+            except OSError:
+                assert self.process.poll() is None, "the emulator exited"
+                time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"the emulator did not answer on {self.url}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def gcs_emulator(tmp_path: Path) -> Iterator[Emulator]:
+    emulator = Emulator(tmp_path / "gcs")
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+def gcs_env(repo: Path) -> dict[str, str]:
+    """The project environment without any GCS setting inherited from this machine."""
+    env = project_env(repo)
+    for name in (remote.EMULATOR_ENV, remote.GCSFS_PROBE_ENV, remote.TIMEOUT_ENV):
+        env.pop(name, None)
+    return env
+
+
+def use_project_remote(repo: Path, endpoint: str) -> None:
+    """Commit the project's .dvc/config, then point its remote at ``endpoint`` as docs/gcs.md says."""
+    shutil.copy(PROJECT_ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    run(["git", "commit", "-qam", "the project's DVC remote"], repo)
+    configure_clone(repo, endpoint)
+
+
+def configure_clone(repo: Path, endpoint: str) -> None:
+    for key, value in (
+        ("url", f"gs://{BUCKET}/dvcstore"),
+        ("endpointurl", endpoint),
+        ("allow_anonymous_login", "true"),
+    ):
+        run(["dvc", "remote", "modify", "--local", "gcs", key, value], repo)
+
+
+def ser_remote(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["ser", "remote", *args], repo, env=gcs_env(repo), check=check)
+
+
+@pytest.mark.slow
+def test_push_then_a_fresh_clone_pulls_everything_and_has_nothing_to_run(
+    project_repo, gcs_emulator, tmp_path
+):
+    repo = project_repo()
+    use_project_remote(repo, gcs_emulator.url)
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline run"], repo)
+
+    before = ser_remote(repo, "status").stdout
+    assert "new:" in before
+    for output in ("data/raw", "data/processed/features.parquet", "models/model.keras"):
+        assert output in before
+    pushed = ser_remote(repo, "push").stdout
+    assert "files pushed" in pushed
+    assert "in sync" in ser_remote(repo, "status").stdout
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    assert not (clone / ".dvc" / "cache").exists()
+    configure_clone(clone, gcs_emulator.url)
+    env = gcs_env(clone) | {remote.GCSFS_PROBE_ENV: "false"}  # plain dvc, as docs/gcs.md says
+    run(["dvc", "pull"], clone, env=env)
+    for folder in PIPELINE_FOLDERS:
+        expected = tree_digest(repo / folder)
+        assert expected and tree_digest(clone / folder) == expected, folder
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+    repro = run(["dvc", "repro"], clone).stdout
+    assert "Running stage" not in repro and "up to date" in repro
+    assert "in sync" in ser_remote(clone, "status").stdout
+
+
+def test_unreachable_remote_fails_fast_in_one_line_and_touches_nothing(project_repo, gcs_emulator):
+    repo = project_repo()
+    use_project_remote(repo, gcs_emulator.url)
+    gcs_emulator.stop()
+    before = tree_digest(repo / ".dvc" / "cache"), tree_digest(repo / "data")
+    for action in ("push", "pull", "status"):
+        start = time.monotonic()
+        result = ser_remote(repo, action, "--timeout", "60", check=False)
+        assert time.monotonic() - start < 20
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "unreachable" in lines[0], result.stderr
+    assert (tree_digest(repo / ".dvc" / "cache"), tree_digest(repo / "data")) == before
+
+    gcs_emulator.start()
+    assert "files pushed" in ser_remote(repo, "push").stdout
+    assert "in sync" in ser_remote(repo, "status").stdout
+
+
+def test_a_bucket_the_endpoint_lacks_is_named_in_one_line(project_repo, gcs_emulator):
+    repo = project_repo()
+    use_project_remote(repo, gcs_emulator.url)
+    run(["dvc", "remote", "add", "--local", "typo", "gs://no-such-bucket/dvcstore"], repo)
+    run(["dvc", "remote", "modify", "--local", "typo", "endpointurl", gcs_emulator.url], repo)
+    result = ser_remote(repo, "push", "-r", "typo", check=False)
+    assert result.returncode == 2
+    assert "bucket 'no-such-bucket' not found" in result.stderr.strip().splitlines()[-1]
+
+
+class StallingGCS(LoopbackServer):
+    """Answers the bucket probe like GCS, then never answers dvc's own requests."""
+
+    def __init__(self) -> None:
+        super().__init__(StallingHandler)
+        self.release = threading.Event()
+
+
+class StallingHandler(http.server.BaseHTTPRequestHandler):
+    server: StallingGCS
+
+    def do_GET(self) -> None:
+        if self.path == f"/storage/v1/b/{BUCKET}?fields=name":
+            body = f'{{"name": "{BUCKET}"}}'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.server.release.wait(120)
+
+    do_POST = do_PUT = do_HEAD = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stalling_gcs() -> Iterator[StallingGCS]:
+    with StallingGCS() as server:
+        yield server
+        server.release.set()
+
+
+def test_a_remote_that_never_answers_is_stopped_at_the_timeout(project_repo, stalling_gcs):
+    repo = project_repo()
+    use_project_remote(repo, stalling_gcs.url)
+    before = tree_digest(repo / ".dvc" / "cache"), tree_digest(repo / "data")
+    start = time.monotonic()
+    result = ser_remote(repo, "push", "--timeout", "6", check=False)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2
+    assert 6 <= elapsed < 6 + remote.INTERRUPT_GRACE_S + 10
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "did not finish in time" in lines[0], result.stderr
+    assert (tree_digest(repo / ".dvc" / "cache"), tree_digest(repo / "data")) == before
+    assert "up to date" in run(["dvc", "status", "data/raw.dvc"], repo).stdout  # not locked
+
+
+def test_a_local_folder_remote_round_trips_without_a_server(project_repo, tmp_path):
+    repo = project_repo()
+    store = tmp_path / "dvcstore"
+    run(["dvc", "remote", "add", "--local", "-d", "offline", str(store)], repo)
+    assert "files pushed" in ser_remote(repo, "push").stdout
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "-d", "offline", str(store)], clone)
+    ser_remote(clone, "pull", "data/raw.dvc")  # the pipeline never ran here: no dvc.lock
+    assert tree_digest(clone / "data" / "raw") == tree_digest(repo / "data" / "raw")
+
+
+def test_the_gcs_probe_is_turned_off_only_for_an_emulator():
+    real = remote.Remote("gcs", "gs://b/dvcstore", None, Path(".dvc"))
+    emulated = remote.Remote("gcs", "gs://b/dvcstore", "http://127.0.0.1:9023", Path(".dvc"))
+    assert remote.GCSFS_PROBE_ENV not in remote.remote_env(real, {})
+    assert remote.remote_env(emulated, {})[remote.GCSFS_PROBE_ENV] == "false"
+    via_env = remote.remote_env(real, {remote.EMULATOR_ENV: "127.0.0.1:9023"})
+    assert via_env[remote.GCSFS_PROBE_ENV] == "false"
+    explicit = {remote.GCSFS_PROBE_ENV: "true"}
+    assert remote.remote_env(emulated, explicit)[remote.GCSFS_PROBE_ENV] == "true"
+    assert remote.gcs_endpoint(real, {remote.EMULATOR_ENV: "127.0.0.1:9023"}) == (
+        "http://127.0.0.1:9023"
+    )
+    assert remote.gcs_endpoint(real, {}) == remote.GCS_ENDPOINT
+
+
+@pytest.mark.parametrize(
+    ("flag", "environ", "expected"),
+    [
+        (None, {}, remote.DEFAULT_TIMEOUT_S),
+        (None, {remote.TIMEOUT_ENV: "42"}, 42.0),
+        (5.0, {remote.TIMEOUT_ENV: "42"}, 5.0),
+        (None, {remote.TIMEOUT_ENV: "soon"}, RemoteError),
+        (0.0, {}, RemoteError),
+    ],
+)
+def test_timeout_comes_from_the_flag_then_the_environment(flag, environ, expected):
+    if expected is RemoteError:
+        with pytest.raises(RemoteError):
+            remote.resolve_timeout(flag, environ)
+    else:
+        assert remote.resolve_timeout(flag, environ) == expected
