@@ -106,3 +106,26 @@ def test_features_are_deterministic():
     np.testing.assert_array_equal(
         clip_features(signal, SAMPLE_RATE, PARAMS), clip_features(signal, SAMPLE_RATE, PARAMS)
     )
+
+
+@pytest.mark.parametrize(("feature_set", "size"), [("egemaps", 88), ("compare", 6373)])
+def test_opensmile_sets_give_named_finite_vectors(feature_set, size):
+    params = FeatureParams(sets=[feature_set])
+    names = feature_names(params)
+    vector = clip_features(tone(0.6), SAMPLE_RATE, params)
+    assert len(names) == size == vector.shape[0]
+    assert all(name.startswith(f"{feature_set}.") for name in names)
+    assert np.isfinite(vector).all()
+
+
+def test_sets_combine_in_the_order_given():
+    params = FeatureParams(sets=["egemaps", "seed"], n_mels=32, n_mfcc=13)
+    names = feature_names(params)
+    seed_names = feature_names(FeatureParams(n_mels=32, n_mfcc=13))
+    assert names[:88] == feature_names(FeatureParams(sets=["egemaps"]))
+    assert names[88:] == seed_names
+    signal = tone(0.6)
+    combined = clip_features(signal, SAMPLE_RATE, params)
+    np.testing.assert_array_equal(
+        combined[88:], clip_features(signal, SAMPLE_RATE, FeatureParams(n_mels=32, n_mfcc=13))
+    )

@@ -124,6 +124,19 @@ def test_two_workers_give_the_same_vectors_as_one(manifest, tmp_path):
     pd.testing.assert_frame_equal(serial, parallel)
 
 
+def test_adding_a_feature_set_reuses_the_cached_sets(manifest, tmp_path):
+    extract_features(manifest, params_with(tmp_path / "cache"))
+    both = params_with(tmp_path / "cache", sets=["seed", "egemaps"])
+    table, errors, stats = extract_features(manifest, both)
+    assert not errors and stats.computed_clips == len(manifest)
+    egemaps = [c for c in table.columns if c.startswith("egemaps.")]
+    assert len(egemaps) == 88
+    assert table[egemaps].notna().all().all()
+    again, _, stats = extract_features(manifest, both)
+    assert stats.computed_clips == 0
+    pd.testing.assert_frame_equal(table, again)
+
+
 def test_changing_a_feature_knob_recomputes(manifest, tmp_path):
     extract_features(manifest, params_with(tmp_path / "cache"))
     table, _, stats = extract_features(manifest, params_with(tmp_path / "cache", n_mfcc=20))
@@ -134,28 +147,45 @@ def test_changing_a_feature_knob_recomputes(manifest, tmp_path):
 def test_cache_key_covers_what_shapes_the_vector():
     base = make_params()
     original, noisy = Variant(-1, ()), Variant(0, ("noise",))
-    key = cache_key("a" * 64, original, base)
-    assert key == cache_key("a" * 64, original, base)
-    assert key != cache_key("b" * 64, original, base)
-    assert key != cache_key("a" * 64, noisy, base)
-    assert cache_key("a" * 64, noisy, base) != cache_key("a" * 64, Variant(1, ("noise",)), base)
+    key = cache_key("a" * 64, original, base, "seed")
+    assert key == cache_key("a" * 64, original, base, "seed")
+    assert key != cache_key("b" * 64, original, base, "seed")
+    assert key != cache_key("a" * 64, noisy, base, "seed")
+    assert cache_key("a" * 64, noisy, base, "seed") != cache_key(
+        "a" * 64, Variant(1, ("noise",)), base, "seed"
+    )
     for override in (
         {"audio": {"target_dbfs": -23.0}},
         {"audio": {"sample_rate": 22_050}},
         {"features": {"hop_length": 256}},
         {"features": {"stats": ["mean"]}},
     ):
-        assert key != cache_key("a" * 64, original, make_params(override)), override
+        assert key != cache_key("a" * 64, original, make_params(override), "seed"), override
 
 
 def test_cache_key_ignores_what_does_not():
     base = make_params()
     original, noisy = Variant(-1, ()), Variant(0, ("noise",))
     moved = make_params({"features": {"workers": 4, "cache_dir": "/elsewhere"}})
-    assert cache_key("a" * 64, original, base) == cache_key("a" * 64, original, moved)
+    assert cache_key("a" * 64, original, base, "seed") == cache_key(
+        "a" * 64, original, moved, "seed"
+    )
     reseeded = make_params({"augment": {"seed": 99}})
-    assert cache_key("a" * 64, original, base) == cache_key("a" * 64, original, reseeded)
-    assert cache_key("a" * 64, noisy, base) != cache_key("a" * 64, noisy, reseeded)
+    assert cache_key("a" * 64, original, base, "seed") == cache_key(
+        "a" * 64, original, reseeded, "seed"
+    )
+    assert cache_key("a" * 64, noisy, base, "seed") != cache_key("a" * 64, noisy, reseeded, "seed")
+    other_sets = make_params(
+        {"features": {"sets": ["seed", "egemaps"], "speaker_norm": "per_speaker"}}
+    )
+    assert cache_key("a" * 64, original, base, "seed") == cache_key(
+        "a" * 64, original, other_sets, "seed"
+    )
+    opensmile_key = cache_key("a" * 64, original, base, "egemaps")
+    assert opensmile_key != cache_key("a" * 64, original, base, "seed")
+    assert opensmile_key == cache_key(
+        "a" * 64, original, make_params({"features": {"n_mfcc": 20}}), "egemaps"
+    )
 
 
 def test_variants_per_split():

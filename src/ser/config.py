@@ -13,6 +13,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 CorpusName = Literal["ravdess", "crema_d", "tess", "savee"]
 AugmentKind = Literal["noise", "pitch", "stretch"]
 Stat = Literal["mean", "std", "min", "max", "median", "skew", "kurtosis"]
+FeatureSet = Literal["seed", "egemaps", "compare"]
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,8 @@ class AugmentParams(_Section):
 
 
 class FeatureParams(_Section):
+    sets: list[FeatureSet] = Field(default_factory=lambda: ["seed"], min_length=1)
+    speaker_norm: Literal["none", "per_speaker"] = "none"
     n_fft: int = Field(512, ge=64)
     hop_length: int = Field(160, ge=16)
     n_mels: int = Field(64, ge=8)
@@ -88,6 +91,8 @@ class FeatureParams(_Section):
 
     @model_validator(mode="after")
     def _mfcc_fit_mels(self) -> FeatureParams:
+        if len(set(self.sets)) != len(self.sets):
+            raise ValueError(f"sets lists a feature set twice: {self.sets}")
         if self.n_mfcc > self.n_mels:
             raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
         return self

@@ -35,3 +35,26 @@ def select(frame: pd.DataFrame, split: str, with_augmented: bool = False) -> pd.
 
 def matrix(rows: pd.DataFrame, columns: list[str]) -> np.ndarray:
     return rows[columns].to_numpy(dtype=np.float32)
+
+
+def normalise_per_speaker(frame: pd.DataFrame) -> pd.DataFrame:
+    """Standardise each speaker's rows with the mean and spread of that speaker's original clips.
+
+    No labels are used, but every speaker's own clips are, the test speakers'
+    included: results with it must be reported apart from the headline.
+    """
+    columns = feature_columns(frame)
+    values = frame[columns].to_numpy(np.float64, copy=True)
+    is_original = (frame["augmentation"] == ORIGINAL).to_numpy()
+    for rows in frame.groupby("speaker").indices.values():
+        mean, spread = speaker_statistics(values[rows][is_original[rows]])
+        values[rows] = (values[rows] - mean) / spread
+    normalised = frame.copy()
+    normalised[columns] = values.astype(np.float32)
+    return normalised
+
+
+def speaker_statistics(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of one speaker's clips (a constant feature gets spread 1)."""
+    spread = values.std(axis=0)
+    return values.mean(axis=0), np.where(spread > 0, spread, 1.0)

@@ -70,27 +70,33 @@ def run(params: Params) -> dict[str, float]:
     labels = [c for c in classifier.classes if c in set(truth) | set(predicted)]
 
     headline = summary(truth, predicted)
+    # per-speaker normalisation uses the test speakers' own statistics: never the headline
+    scope = "test" if classifier.features.speaker_norm == "none" else "test_speaker_normalised"
     counts = confusion(truth, predicted, labels)
     details = {
-        "test": headline,
+        scope: headline,
+        "speaker_norm": classifier.features.speaker_norm,
         "speakers": sorted(rows["speaker"].unique().tolist()),
         "per_class": per_class(truth, predicted, labels),
         "slices": slice_metrics(rows, predicted, params.evaluate.slices),
         "confusion": {"labels": labels, "counts": counts.tolist()},
     }
-    write_json(paths.METRICS, {"test": headline})
+    write_json(paths.METRICS, {scope: headline})
     write_json(paths.EVALUATION, details)
     predictions = rows[["path", "speaker", "label"]].rename(columns={"label": "actual"})
     predictions = predictions.assign(predicted=predicted, confidence=probabilities.max(axis=1))
     write_with(paths.PREDICTIONS, lambda path: predictions.to_csv(path, index=False))
     title = f"Test speakers: UAR {headline['uar']:.1%}, accuracy {headline['accuracy']:.1%}"
+    if scope != "test":
+        title += "\nnormalised with the test speakers' own statistics"
     plot_confusion(counts, labels, title, paths.CONFUSION_PNG)
 
     run_id = read_json(paths.TRAIN_RUN_ID)["run_id"] if paths.TRAIN_RUN_ID.is_file() else None
     with stage_run("evaluate", params, run_id=run_id):
-        mlflow.log_metrics({f"test_{k}": v for k, v in headline.items()})
+        mlflow.set_tag("features.speaker_norm", classifier.features.speaker_norm)
+        mlflow.log_metrics({f"{scope}_{k}": v for k, v in headline.items()})
         mlflow.log_metrics(
-            {f"test_recall_{k}": v["recall"] for k, v in details["per_class"].items()}
+            {f"{scope}_recall_{k}": v["recall"] for k, v in details["per_class"].items()}
         )
         for path in (paths.METRICS, paths.EVALUATION, paths.CONFUSION_PNG, paths.PREDICTIONS):
             mlflow.log_artifact(str(path), "evaluation")

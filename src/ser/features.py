@@ -1,7 +1,9 @@
-"""The seed's acoustic features from a single STFT, summarised over the whole clip.
+"""Per-clip acoustic feature vectors from the sets named in ``features.sets``.
 
-Per frame: zero-crossing rate, RMS energy, 12 chroma bins, ``n_mels`` log-mel
-bands and ``n_mfcc`` MFCCs. Per clip: the statistics named in ``features.stats``.
+``seed``: the original design's features from a single STFT — per frame,
+zero-crossing rate, RMS energy, 12 chroma bins, ``n_mels`` log-mel bands and
+``n_mfcc`` MFCCs — summarised over the whole clip by ``features.stats``.
+``egemaps`` (88) and ``compare`` (6,373): openSMILE's standard functionals.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import scipy.fft
 import scipy.stats
 
-from ser.config import FeatureParams
+from ser.config import FeatureParams, FeatureSet
 
 N_CHROMA = 12
 
@@ -46,8 +48,8 @@ def frame_feature_names(params: FeatureParams) -> list[str]:
     ]
 
 
-def feature_names(params: FeatureParams) -> list[str]:
-    """Names of the per-clip feature vector: each frame feature under each statistic."""
+def seed_feature_names(params: FeatureParams) -> list[str]:
+    """Names of the seed set's vector: each frame feature under each statistic."""
     return [f"{name}_{stat}" for stat in params.stats for name in frame_feature_names(params)]
 
 
@@ -68,7 +70,47 @@ def frame_features(signal: np.ndarray, sample_rate: int, params: FeatureParams) 
     return np.vstack([zcr, rms, chroma, log_mel, mfcc]).astype(np.float32)
 
 
-def clip_features(signal: np.ndarray, sample_rate: int, params: FeatureParams) -> np.ndarray:
-    """The per-clip feature vector, in ``feature_names`` order."""
+def seed_features(signal: np.ndarray, sample_rate: int, params: FeatureParams) -> np.ndarray:
+    """The seed set's vector, in ``seed_feature_names`` order."""
     frames = frame_features(signal, sample_rate, params)
     return np.concatenate([_STATISTICS[stat](frames) for stat in params.stats]).astype(np.float32)
+
+
+_OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
+
+
+@cache
+def _smile(feature_set: str):  # one extractor per process: building it parses its config
+    import opensmile
+
+    return opensmile.Smile(
+        feature_set=opensmile.FeatureSet[_OPENSMILE_SETS[feature_set]],
+        feature_level=opensmile.FeatureLevel.Functionals,
+    )
+
+
+def set_feature_names(feature_set: FeatureSet, params: FeatureParams) -> list[str]:
+    """Column names of one set; openSMILE names carry the set as a prefix."""
+    if feature_set == "seed":
+        return seed_feature_names(params)
+    return [f"{feature_set}.{name}" for name in _smile(feature_set).feature_names]
+
+
+def set_features(
+    feature_set: FeatureSet, signal: np.ndarray, sample_rate: int, params: FeatureParams
+) -> np.ndarray:
+    """One set's vector for one clip."""
+    if feature_set == "seed":
+        return seed_features(signal, sample_rate, params)
+    values = _smile(feature_set).process_signal(signal, sample_rate)
+    return values.to_numpy(dtype=np.float32)[0]
+
+
+def feature_names(params: FeatureParams) -> list[str]:
+    """Names of the whole vector: the sets of ``features.sets`` in order."""
+    return [name for s in params.sets for name in set_feature_names(s, params)]
+
+
+def clip_features(signal: np.ndarray, sample_rate: int, params: FeatureParams) -> np.ndarray:
+    """The whole per-clip vector, in ``feature_names`` order."""
+    return np.concatenate([set_features(s, signal, sample_rate, params) for s in params.sets])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -19,8 +20,8 @@ from tqdm import tqdm
 from ser.artifacts import write_with
 from ser.audio import BadAudio, load_clip
 from ser.augment import apply_recipe, clip_rng
-from ser.config import AugmentKind, Params
-from ser.features import clip_features, feature_names
+from ser.config import AugmentKind, FeatureSet, Params
+from ser.features import feature_names, set_features
 from ser.paths import workspace_root
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class ClipJob:
     path: str
     sha256: str
     variants: tuple[Variant, ...]
-    cache_keys: tuple[str, ...]
+    cache_keys: tuple[tuple[str, ...], ...]  # per variant, one key per feature set
 
 
 def variants_for(split: str, params: Params) -> tuple[Variant, ...]:
@@ -58,12 +59,21 @@ def variants_for(split: str, params: Params) -> tuple[Variant, ...]:
     return (original, *(Variant(i, tuple(r)) for i, r in enumerate(params.augment.copies)))
 
 
-def cache_key(sha256: str, variant: Variant, params: Params) -> str:
-    """Content hash of everything that determines one feature vector."""
+def _set_spec(feature_set: FeatureSet, params: Params) -> dict[str, object]:
+    if feature_set == "seed":
+        return params.features.model_dump(
+            mode="json", exclude={"sets", "speaker_norm", "workers", "cache_dir"}
+        )
+    return {"opensmile": importlib.metadata.version("opensmile")}
+
+
+def cache_key(sha256: str, variant: Variant, params: Params, feature_set: FeatureSet) -> str:
+    """Content hash of everything that determines one set's vector for one variant of a clip."""
     spec = {
         "version": CACHE_VERSION,
         "audio": params.audio.model_dump(mode="json"),
-        "features": params.features.model_dump(mode="json", exclude={"workers", "cache_dir"}),
+        "set": feature_set,
+        "features": _set_spec(feature_set, params),
         "clip": sha256,
         "copy": variant.copy,
         "recipe": list(variant.recipe),
@@ -94,17 +104,24 @@ def _extract(job: ClipJob, params: Params) -> str | None:
         signal = load_clip(Path(job.path), params.audio)
     except BadAudio as error:
         return str(error)
-    rate = params.audio.sample_rate
-    for variant, key in zip(job.variants, job.cache_keys, strict=True):
+    rate, cache_dir = params.audio.sample_rate, cache_root(params)
+    for variant, keys in zip(job.variants, job.cache_keys, strict=True):
+        missing = [
+            (feature_set, key)
+            for feature_set, key in zip(params.features.sets, keys, strict=True)
+            if not _cache_file(cache_dir, key).is_file()
+        ]
+        if not missing:
+            continue
         copy = signal
         if variant.recipe:
             rng = clip_rng(params.augment.seed, job.sha256, variant.copy)
             copy = apply_recipe(signal, rate, list(variant.recipe), params.augment, rng)
-        vector = clip_features(copy, rate, params.features)
-        if not np.all(np.isfinite(vector)):
-            return f"features are not finite ({variant.name})"
-        target = _cache_file(cache_root(params), key)
-        write_with(target, lambda path, v=vector: np.save(path, v))
+        for feature_set, key in missing:
+            vector = set_features(feature_set, copy, rate, params.features)
+            if not np.all(np.isfinite(vector)):
+                return f"{feature_set} features are not finite ({variant.name})"
+            write_with(_cache_file(cache_dir, key), lambda path, v=vector: np.save(path, v))
     return None
 
 
@@ -150,10 +167,13 @@ def extract_features(
     cache_dir = cache_root(params)
     for row in manifest.itertuples(index=False):
         variants = variants_for(row.split, params)
-        keys = tuple(cache_key(row.sha256, v, params) for v in variants)
+        keys = tuple(
+            tuple(cache_key(row.sha256, v, params, s) for s in params.features.sets)
+            for v in variants
+        )
         job = ClipJob(row.path, row.sha256, variants, keys)
         jobs.append(job)
-        if not all(_cache_file(cache_dir, key).is_file() for key in keys):
+        if not all(_cache_file(cache_dir, key).is_file() for per_set in keys for key in per_set):
             pending.append(job)
     log.info(
         "%d clips, %d to extract, %d cached", len(jobs), len(pending), len(jobs) - len(pending)
@@ -167,9 +187,9 @@ def extract_features(
     for job, record in zip(jobs, meta.to_dict("records"), strict=True):
         if job.path in errors:
             continue
-        for variant, key in zip(job.variants, job.cache_keys, strict=True):
+        for variant, keys in zip(job.variants, job.cache_keys, strict=True):
             rows.append({**record, "augmentation": variant.name})
-            vectors.append(np.load(_cache_file(cache_dir, key)))
+            vectors.append(np.concatenate([np.load(_cache_file(cache_dir, k)) for k in keys]))
     stats.vectors = len(rows)
     names = feature_names(params.features)
     values = np.vstack(vectors) if vectors else np.empty((0, len(names)), np.float32)

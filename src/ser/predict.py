@@ -15,6 +15,7 @@ import numpy as np
 
 from ser.audio import BadAudio, load_clip
 from ser.classifier import Classifier
+from ser.dataset import speaker_statistics
 from ser.features import clip_features
 from ser.manifest import AUDIO_SUFFIXES
 
@@ -39,9 +40,14 @@ def featurise(path: Path, classifier: Classifier) -> np.ndarray:
 def predict_files(
     inputs: Iterable[Path], classifier: Classifier, batch_size: int = 32
 ) -> Iterator[tuple[Path, str | None, np.ndarray | str]]:
-    """Yield (path, label, probabilities) per file, or (path, None, reason) when unusable."""
+    """Yield (path, label, probabilities) per file, or (path, None, reason) when unusable.
+
+    A model trained with ``features.speaker_norm: per_speaker`` takes all inputs
+    as clips of one speaker and standardises them together.
+    """
+    per_speaker = classifier.features.speaker_norm == "per_speaker"
     files = audio_files(inputs)
-    while batch := list(islice(files, batch_size)):
+    while batch := list(islice(files, None if per_speaker else batch_size)):
         usable, vectors = [], []
         for path in batch:
             try:
@@ -51,7 +57,18 @@ def predict_files(
                 yield path, None, str(error)
         if not usable:
             continue
-        probabilities = classifier.predict_proba(np.vstack(vectors))
+        values = np.vstack(vectors)
+        if per_speaker:
+            if len(values) < 2:
+                yield (
+                    usable[0],
+                    None,
+                    "per-speaker normalisation needs 2 or more clips of the speaker",
+                )
+                return
+            mean, spread = speaker_statistics(values)
+            values = (values - mean) / spread
+        probabilities = classifier.predict_proba(values)
         for path, row in zip(usable, probabilities, strict=True):
             yield path, classifier.classes[int(row.argmax())], row
 

@@ -10,6 +10,7 @@ import pandas as pd
 from ser import paths
 from ser.artifacts import write_json, write_parquet
 from ser.config import Params
+from ser.dataset import normalise_per_speaker
 from ser.featurize import extract_features
 from ser.manifest import Problem, scan
 from ser.split import SPLITS, SplitError, assign_splits
@@ -49,6 +50,8 @@ def run(params: Params) -> dict[str, object]:
     for path, reason in failures.items():
         log.warning("skipping %s: %s", path, reason)
     manifest = manifest[~manifest["path"].isin(failures)].reset_index(drop=True)
+    if params.features.speaker_norm == "per_speaker":
+        features = normalise_per_speaker(features)
     missing = [s for s in SPLITS if s not in set(manifest["split"])]
     if missing:
         raise SplitError(f"split(s) {missing} have no usable clips left")
