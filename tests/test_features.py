@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from conftest import SAMPLE_RATE, noise, tone
@@ -129,3 +133,21 @@ def test_sets_combine_in_the_order_given():
     np.testing.assert_array_equal(
         combined[88:], clip_features(signal, SAMPLE_RATE, FeatureParams(n_mels=32, n_mfcc=13))
     )
+
+
+def test_opensmile_works_beside_tensorflow_in_one_process():
+    """Importing ``ser`` loads openSMILE's library before TensorFlow's, as ``ser predict`` needs."""
+    script = (
+        "import ser, keras, numpy as np\n"
+        "from ser.config import FeatureParams\n"
+        "from ser.features import clip_features\n"
+        "keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).predict_on_batch(np.ones((1, 4)))\n"
+        "signal = (0.3 * np.sin(np.arange(9600) / 5)).astype(np.float32)\n"
+        "print(clip_features(signal, 16000, FeatureParams(sets=['egemaps'])).shape)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("(88,)")
