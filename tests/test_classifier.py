@@ -1,4 +1,4 @@
-"""The saved classifier: network, scaler, label encoder and feature config travel together."""
+"""The saved classifier: estimator, scaler, label encoder and feature config travel together."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 from conftest import TINY_MODEL, make_params
+from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ser import EMOTIONS
-from ser.classifier import SAVED_FILES, Classifier, label_encoder
+from ser.classifier import ESTIMATOR_FILE, NETWORK_FILE, Classifier, label_encoder
 from ser.config import AudioParams, FeatureParams, ModelParams
 from ser.features import feature_names
 from ser.model import build_cnn
@@ -28,8 +29,13 @@ def test_saved_model_predicts_like_the_original(trained_model_dir):
     values = np.random.default_rng(0).normal(size=(300, len(classifier.feature_names)))
     probabilities = classifier.predict_proba(values)
     copy = trained_model_dir.parent / "copy"
-    classifier.save(copy)
-    assert sorted(p.name for p in copy.iterdir()) == sorted(SAVED_FILES)
+    written = classifier.save(copy)
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in written)
+    assert {p.name for p in written} == {
+        NETWORK_FILE,
+        "preprocessing.joblib",
+        "feature_config.json",
+    }
     reloaded = Classifier.load(copy)
     np.testing.assert_array_equal(reloaded.predict_proba(values), probabilities)
     assert reloaded.predict(values) == classifier.predict(values)
@@ -95,4 +101,62 @@ def test_prepare_standardises_with_training_statistics(trained_model_dir):
 
 def test_loading_without_a_model_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no trained model \(run the train stage\)"):
+        Classifier.load(tmp_path)
+
+
+def fitted_logreg(names: list[str], labels: list[int], seed: int = 4) -> Classifier:
+    """A logistic regression on random standardised values, as a Classifier."""
+    params = make_params()
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(70, len(names)))
+    scaler = StandardScaler().fit(values)
+    estimator = LogisticRegression(max_iter=500).fit(scaler.transform(values), labels)
+    return Classifier(estimator, scaler, label_encoder(), names, params.audio, params.features)
+
+
+def test_a_scikit_learn_estimator_round_trips_through_model_joblib(tmp_path):
+    names = feature_names(make_params().features)
+    original = fitted_logreg(names, [i % len(EMOTIONS) for i in range(70)])
+    written = original.save(tmp_path)
+    assert {p.name for p in written} == {
+        ESTIMATOR_FILE,
+        "preprocessing.joblib",
+        "feature_config.json",
+    }
+    loaded = Classifier.load(tmp_path)
+    assert not loaded.is_network and loaded.classes == list(EMOTIONS)
+    values = np.random.default_rng(5).normal(size=(30, len(names)))
+    probabilities = loaded.predict_proba(values)
+    np.testing.assert_array_equal(probabilities, original.predict_proba(values))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert loaded.predict(values) == original.predict(values)
+    assert loaded.prepare(values).shape == values.shape  # no channel axis outside the CNN
+
+
+def test_classes_missing_from_training_get_zero_probability():
+    names = feature_names(make_params().features)
+    seen = [EMOTIONS.index("angry"), EMOTIONS.index("sad"), EMOTIONS.index("happy")]
+    classifier = fitted_logreg(names, [seen[i % 3] for i in range(70)])
+    probabilities = classifier.predict_proba(np.random.default_rng(6).normal(size=(9, len(names))))
+    assert probabilities.shape == (9, len(EMOTIONS))
+    unseen = [i for i in range(len(EMOTIONS)) if i not in seen]
+    np.testing.assert_array_equal(probabilities[:, unseen], 0.0)
+    np.testing.assert_allclose(probabilities[:, seen].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_saving_another_kind_replaces_the_previous_model(tmp_path, trained_model_dir):
+    network = Classifier.load(trained_model_dir)
+    network.save(tmp_path)
+    fitted_logreg(network.feature_names, [i % len(EMOTIONS) for i in range(70)]).save(tmp_path)
+    assert not (tmp_path / NETWORK_FILE).exists()
+    assert not Classifier.load(tmp_path).is_network
+    network.save(tmp_path)
+    assert not (tmp_path / ESTIMATOR_FILE).exists()
+    assert Classifier.load(tmp_path).is_network
+
+
+def test_two_saved_models_are_refused(tmp_path, trained_model_dir):
+    Classifier.load(trained_model_dir).save(tmp_path)
+    (tmp_path / ESTIMATOR_FILE).write_bytes(b"a stale model")
+    with pytest.raises(ValueError, match=r"both model\.keras and model\.joblib"):
         Classifier.load(tmp_path)

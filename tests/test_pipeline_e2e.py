@@ -1,7 +1,8 @@
 """The real `dvc repro` on a tiny generated corpus in a temporary repository.
 
 One full reproduction is shared by the tests of this module (in file order); the
-last one adds a `dvc exp run` that re-runs only training and evaluation.
+last ones add a `dvc exp run` that re-runs only training and evaluation, and one
+that swaps the CNN for a linear baseline.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import mlflow
 import pytest
 import yaml
 from conftest import make_project_repo, run, write_ravdess_corpus
+
+from ser import EMOTIONS
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +57,11 @@ def test_metrics_and_outputs(repo):
     train = read_json(repo / "reports/train.json")
     assert {"val_uar", "val_accuracy", "epochs_run", "train_rows"} <= set(train)
     assert train["train_rows"] == 2 * report["splits"]["train"]["clips"]  # + one noise copy
-    for name in ("model.keras", "preprocessing.joblib", "feature_config.json", "hyperparams.json"):
-        assert (repo / "models" / name).is_file()
+    assert sorted(p.name for p in (repo / "models").iterdir()) == sorted(
+        ["model.keras", "preprocessing.joblib", "feature_config.json", "mlflow_run.json"]
+    )
+    assert (repo / "tuning/hyperparams.json").is_file()
+    assert (repo / "tuning/study/trials.csv").is_file()
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     assert json.dumps(shown).count('"uar"') >= 1
 
@@ -103,6 +109,13 @@ def test_mlflow_runs_carry_stages_metrics_and_tags(repo):
 
 def test_status_is_clean_after_repro(repo):
     assert status(repo) == {}
+
+
+def test_git_ignores_what_dvc_caches(repo):
+    assert run(["git", "diff", "--name-only", ".gitignore"], repo).stdout == ""  # nothing to add
+    untracked = run(["git", "status", "--porcelain", "--untracked-files=all"], repo).stdout
+    assert "tuning/hyperparams.json" in untracked  # cache: false, for git
+    assert "models/" not in untracked and "tuning/study/" not in untracked
 
 
 def edited_params(repository: Path, section: str, key: str, value: object) -> dict:
@@ -158,3 +171,29 @@ def test_exp_run_records_an_experiment(repo):
     assert by_experiment["two-epochs"].info.run_name == "two-epochs:train"
     assert by_experiment["two-epochs"].data.params["train.epochs"] == "2"
     assert "test_uar" in by_experiment["two-epochs"].data.metrics
+
+
+def test_a_linear_kind_runs_through_the_same_stages(repo):
+    run(["dvc", "exp", "run", "-n", "logreg", "-S", "model.kind=logreg"], repo)
+    assert sorted(p.name for p in (repo / "models").iterdir()) == sorted(
+        ["model.joblib", "preprocessing.joblib", "feature_config.json", "mlflow_run.json"]
+    )
+    train = read_json(repo / "reports/train.json")
+    grid = yaml.safe_load((repo / "params.yaml").read_text())["model"]["C_grid"]
+    assert train["C"] in grid and "epochs_run" not in train
+    with (repo / "reports/training_curve.csv").open() as handle:
+        curve = list(csv.DictReader(handle))
+    assert [float(row["C"]) for row in curve] == sorted(grid)
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
+    assert all(rendered[0]["content"]["data"]["values"] for rendered in plots.values())
+    assert status(repo) == {}
+
+    by_experiment = {r.data.tags["dvc.exp_name"]: r for r in training_runs(repo)}
+    logged = by_experiment["logreg"]
+    assert logged.data.params["chosen.kind"] == "logreg"
+    test_uar = read_json(repo / "reports/metrics.json")["test"]["uar"]
+    assert logged.data.metrics["test_uar"] == pytest.approx(test_uar)
+
+    clip = next((repo / "data/raw").rglob("*.flac"))
+    predicted = run(["ser", "predict", "--json", str(clip)], repo).stdout
+    assert json.loads(predicted)["label"] in EMOTIONS

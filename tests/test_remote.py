@@ -19,7 +19,7 @@ from ser import remote
 from ser.remote import RemoteError
 
 BUCKET = "ser-test"
-PIPELINE_FOLDERS = ("data/raw", "data/processed", "models", "reports")
+PIPELINE_FOLDERS = ("data/raw", "data/processed", "tuning", "models", "reports")
 
 
 class Emulator:
@@ -105,7 +105,12 @@ def test_push_then_a_fresh_clone_pulls_everything_and_has_nothing_to_run(
 
     before = ser_remote(repo, "status").stdout
     assert "new:" in before
-    for output in ("data/raw", "data/processed/features.parquet", "models/model.keras"):
+    for output in (
+        "data/raw",
+        "data/processed/features.parquet",
+        "tuning/study",
+        "models/model.keras",
+    ):
         assert output in before
     pushed = ser_remote(repo, "push").stdout
     assert "files pushed" in pushed

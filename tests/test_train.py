@@ -45,7 +45,7 @@ def test_same_params_give_identical_weights_and_metrics(table, fitted):
     )
     assert again_history.history == history.history
     for mine, theirs in zip(
-        classifier.network.get_weights(), again.network.get_weights(), strict=True
+        classifier.estimator.get_weights(), again.estimator.get_weights(), strict=True
     ):
         np.testing.assert_array_equal(mine, theirs)
 
@@ -147,8 +147,9 @@ def test_stage_saves_model_metrics_and_curve(mlflow_workspace):
     assert metrics["train_rows"] == 4 * 7 * 2 * 2  # speakers x labels x takes x (1 + noise copy)
     assert metrics["epochs_run"] == 2
     assert json.loads(paths.TRAIN_METRICS.read_text()) == metrics
-    for name in ("model.keras", "preprocessing.joblib", "feature_config.json"):
-        assert (paths.MODELS_DIR / name).is_file()
+    assert sorted(p.name for p in paths.MODELS_DIR.iterdir()) == sorted(
+        ["model.keras", "preprocessing.joblib", "feature_config.json", "mlflow_run.json"]
+    )
     with paths.TRAINING_CURVE.open() as handle:
         curve = list(csv.DictReader(handle))
     assert [row["epoch"] for row in curve] == ["1", "2"]

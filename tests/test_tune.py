@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from ser import EMOTIONS, paths, tune
-from ser.config import Params, parse_params
+from ser.config import ConfigError, Params, parse_params
 
 N_FEATURES = 24
 
@@ -76,7 +76,7 @@ def test_three_trials_write_best_params_that_train_reads(workspace: Path) -> Non
 
     params = parse_params(tiny_params())
     chosen = tune.run(params)
-    trials = finished("sqlite:///models/tune/study.db")
+    trials = finished("sqlite:///tuning/study/study.db")
     assert len(trials) == 3
     best = max((t for t in trials if t.value is not None), key=lambda t: t.value)
     assert chosen.filters == (
@@ -142,7 +142,38 @@ def test_same_seed_gives_the_same_best_trial(workspace: Path) -> None:
 def test_disabled_tuning_passes_the_model_section_through(workspace: Path) -> None:
     params = Params()
     assert tune.run(params) == params.model
-    assert not Path("models/tune/study.db").exists()
+    assert not Path("tuning/study/study.db").exists()
+    assert paths.HYPERPARAMS.as_posix() == "tuning/hyperparams.json"
+    assert paths.TRIALS.as_posix() == "tuning/study/trials.csv"
+    assert paths.HYPERPARAMS.is_file() and paths.TRIALS.is_file()
+
+
+def test_a_linear_kind_passes_through_with_its_c(workspace: Path) -> None:
+    from ser.train import chosen_hyperparameters
+
+    params = parse_params({"model": {"kind": "logreg", "C": 0.2, "C_grid": []}})
+    assert tune.run(params) == params.model
+    assert chosen_hyperparameters().kind == "logreg"
+    assert chosen_hyperparameters().C == 0.2
+
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_tuning_a_linear_kind_fails_fast_naming_the_key(workspace: Path, worker: bool) -> None:
+    params = parse_params(tiny_params() | {"model": {"kind": "linear_svm"}})
+    with pytest.raises(ConfigError, match=r"model.kind is 'linear_svm'"):
+        if worker:
+            tune.run_worker(params, 1, None)
+        else:
+            tune.run(params)
+    assert not paths.STUDY_DIR.exists() and not paths.HYPERPARAMS.exists()
+
+
+def test_linear_knobs_leave_the_cnn_study_name_alone() -> None:
+    base = parse_params(tiny_params())
+    other = parse_params(tiny_params() | {"model": {"C": 3.0, "C_grid": [1.0]}})
+    assert tune.study_name(base, "features") == tune.study_name(other, "features")
+    wider = parse_params(tiny_params() | {"model": {"dropout": 0.5}})
+    assert tune.study_name(wider, "features") != tune.study_name(base, "features")
 
 
 def _tune_command(workspace: Path, *extra: str) -> list[str]:
@@ -166,12 +197,12 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_killed_tune_resumes_with_its_finished_trials(workspace: Path) -> None:
     (workspace / "params.yaml").write_text(yaml.safe_dump(tiny_params(n_trials=4, max_epochs=6)))
-    storage = "sqlite:///models/tune/study.db"
+    storage = "sqlite:///tuning/study/study.db"
     process = subprocess.Popen(_tune_command(workspace), cwd=workspace, env=_env())
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         time.sleep(1)
-        study_started = Path("models/tune/study.db").exists() and bool(
+        study_started = Path("tuning/study/study.db").exists() and bool(
             optuna.get_all_study_summaries(storage)
         )
         if study_started and len(finished(storage)) >= 1:
@@ -193,7 +224,7 @@ def test_killed_tune_resumes_with_its_finished_trials(workspace: Path) -> None:
 def test_two_workers_share_one_study_budget(workspace: Path) -> None:
     (workspace / "params.yaml").write_text(yaml.safe_dump(tiny_params(n_trials=6, n_jobs=2)))
     subprocess.run(_tune_command(workspace), cwd=workspace, env=_env(), check=True, timeout=900)
-    trials = finished("sqlite:///models/tune/study.db")
+    trials = finished("sqlite:///tuning/study/study.db")
     numbers = sorted(t.number for t in trials)
     assert numbers == list(range(len(numbers))), "lost trials"
     assert 6 <= len(trials) <= 7  # MaxTrialsCallback may let each racing worker start one more

@@ -1,4 +1,8 @@
-"""The trained classifier as saved in ``models/``: network, scaler, label encoder, feature config."""
+"""The trained classifier as saved in ``models/``: estimator, scaler, label encoder, feature config.
+
+The estimator is the seed CNN (a keras network, ``model.keras``) or a scikit-learn
+baseline (``model.joblib``); everything else is saved the same way for every kind.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,17 @@ from pathlib import Path
 import joblib
 import keras
 import numpy as np
+from sklearn.base import ClassifierMixin
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from ser import EMOTIONS
 from ser.artifacts import write_with
 from ser.config import AudioParams, FeatureParams
 
-MODEL_FILE = "model.keras"
+NETWORK_FILE = "model.keras"
+ESTIMATOR_FILE = "model.joblib"
 PREPROCESSING_FILE = "preprocessing.joblib"
 FEATURE_CONFIG_FILE = "feature_config.json"
-SAVED_FILES = (MODEL_FILE, PREPROCESSING_FILE, FEATURE_CONFIG_FILE)
 
 
 def label_encoder() -> OneHotEncoder:
@@ -29,7 +34,9 @@ def label_encoder() -> OneHotEncoder:
 
 @dataclass
 class Classifier:
-    network: keras.Model
+    """A keras network or a scikit-learn estimator fitted on label indices (``EMOTIONS`` order)."""
+
+    estimator: keras.Model | ClassifierMixin
     scaler: StandardScaler
     encoder: OneHotEncoder
     feature_names: list[str]
@@ -40,25 +47,41 @@ class Classifier:
     def classes(self) -> list[str]:
         return [str(c) for c in self.encoder.categories_[0]]
 
+    @property
+    def is_network(self) -> bool:
+        return isinstance(self.estimator, keras.Model)
+
     def prepare(self, values: np.ndarray) -> np.ndarray:
-        """Standardise with training statistics and add the Conv1D channel axis."""
-        return self.scaler.transform(values).astype(np.float32)[..., np.newaxis]
+        """Standardise with training statistics (and add the Conv1D channel axis for the CNN)."""
+        scaled = self.scaler.transform(values).astype(np.float32)
+        return scaled[..., np.newaxis] if self.is_network else scaled
 
     def predict_proba(self, values: np.ndarray, batch_size: int = 256) -> np.ndarray:
         if len(values) == 0:
             return np.empty((0, len(self.classes)), np.float32)
         inputs = self.prepare(values)
+        if not self.is_network:  # columns of the classes seen in training, zeros elsewhere
+            probabilities = np.zeros((len(inputs), len(self.classes)), np.float32)
+            probabilities[:, self.estimator.classes_] = self.estimator.predict_proba(inputs)
+            return probabilities
         if len(inputs) <= batch_size:  # a compiled call, without predict()'s per-call set-up
-            return np.asarray(self.network.predict_on_batch(inputs))
-        return self.network.predict(inputs, batch_size=batch_size, verbose=0)
+            return np.asarray(self.estimator.predict_on_batch(inputs))
+        return self.estimator.predict(inputs, batch_size=batch_size, verbose=0)
 
     def predict(self, values: np.ndarray) -> list[str]:
         probabilities = self.predict_proba(values)
         return [self.classes[i] for i in probabilities.argmax(axis=1)]
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path) -> list[Path]:
+        """Write the estimator, preprocessing and feature config; return the files written."""
         directory.mkdir(parents=True, exist_ok=True)
-        write_with(directory / MODEL_FILE, self.network.save)
+        if self.is_network:
+            model_path, stale = directory / NETWORK_FILE, directory / ESTIMATOR_FILE
+            write_with(model_path, self.estimator.save)
+        else:
+            model_path, stale = directory / ESTIMATOR_FILE, directory / NETWORK_FILE
+            write_with(model_path, lambda path: joblib.dump(self.estimator, path))
+        stale.unlink(missing_ok=True)  # a model of the other kind would make loading ambiguous
         preprocessing = {
             "scaler": self.scaler,
             "encoder": self.encoder,
@@ -73,16 +96,26 @@ class Classifier:
             directory / FEATURE_CONFIG_FILE,
             lambda path: path.write_text(json.dumps(config, indent=2) + "\n"),
         )
+        return [model_path, directory / PREPROCESSING_FILE, directory / FEATURE_CONFIG_FILE]
 
     @classmethod
     def load(cls, directory: Path) -> Classifier:
-        model_path = directory / MODEL_FILE
-        if not model_path.is_file():
-            raise FileNotFoundError(f"{model_path}: no trained model (run the train stage)")
+        network_path, estimator_path = directory / NETWORK_FILE, directory / ESTIMATOR_FILE
+        if network_path.is_file() and estimator_path.is_file():
+            raise ValueError(f"{directory}: both {NETWORK_FILE} and {ESTIMATOR_FILE}; remove one")
+        if network_path.is_file():
+            estimator = keras.models.load_model(network_path, compile=False)
+        elif estimator_path.is_file():
+            estimator = joblib.load(estimator_path)
+        else:
+            raise FileNotFoundError(
+                f"{directory}: neither {NETWORK_FILE} nor {ESTIMATOR_FILE}, "
+                "no trained model (run the train stage)"
+            )
         preprocessing = joblib.load(directory / PREPROCESSING_FILE)
         config = json.loads((directory / FEATURE_CONFIG_FILE).read_text())
         return cls(
-            network=keras.models.load_model(model_path, compile=False),
+            estimator=estimator,
             scaler=preprocessing["scaler"],
             encoder=preprocessing["encoder"],
             feature_names=preprocessing["feature_names"],

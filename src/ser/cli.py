@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from ser import paths
 from ser.config import DEFAULT_PARAMS, ConfigError, load_params
 
 log = logging.getLogger("ser")
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="label audio files or folders")
     predict.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
-    predict.add_argument("--model-dir", type=Path, default=Path("models"))
+    predict.add_argument("--model-dir", type=Path, default=paths.MODELS_DIR)
     predict.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
 
     remote = commands.add_parser(

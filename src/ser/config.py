@@ -98,7 +98,11 @@ class FeatureParams(_Section):
         return self
 
 
+PositiveFloats = list[Annotated[float, Field(gt=0)]]
+
+
 class ModelParams(_Section):
+    kind: Literal["cnn", "logreg", "linear_svm"] = "cnn"
     filters: tuple[int, int, int] = (64, 128, 256)
     kernel_size: int = Field(3, ge=1)
     pool_size: int = Field(2, ge=1)
@@ -106,6 +110,8 @@ class ModelParams(_Section):
     dense_units: tuple[int, int] = (64, 16)
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
+    C: float = Field(0.01, gt=0)
+    C_grid: PositiveFloats = Field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
 
 
 class TrainParams(_Section):
@@ -152,7 +158,7 @@ class TuneParams(_Section):
     timeout_s: float | None = Field(3600, gt=0)
     seed: int = 13
     n_jobs: int = Field(1, ge=1)
-    storage: str = Field("sqlite:///models/tune/study.db", min_length=1)
+    storage: str = Field("sqlite:///tuning/study/study.db", min_length=1)
     max_epochs: int = Field(40, ge=1)
     pruner_warmup_epochs: int = Field(8, ge=0)
     space: SearchSpace = SearchSpace()

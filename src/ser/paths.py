@@ -7,8 +7,12 @@ MANIFEST = Path("data/processed/manifest.parquet")
 FEATURES = Path("data/processed/features.parquet")
 PREPROCESS_REPORT = Path("reports/preprocess.json")
 
-MODELS_DIR = Path("models")
-HYPERPARAMS = MODELS_DIR / "hyperparams.json"
+TUNING_DIR = Path("tuning")
+HYPERPARAMS = TUNING_DIR / "hyperparams.json"
+STUDY_DIR = TUNING_DIR / "study"
+TRIALS = STUDY_DIR / "trials.csv"
+
+MODELS_DIR = Path("models")  # the train stage's output, whatever the model kind
 TRAIN_RUN_ID = MODELS_DIR / "mlflow_run.json"
 TRAIN_METRICS = Path("reports/train.json")
 TRAINING_CURVE = Path("reports/training_curve.csv")
@@ -17,9 +21,6 @@ METRICS = Path("reports/metrics.json")
 EVALUATION = Path("reports/evaluation.json")
 PREDICTIONS = Path("reports/predictions.csv")
 CONFUSION_PNG = Path("reports/confusion_matrix.png")
-
-TUNE_DIR = MODELS_DIR / "tune"
-TRIALS = TUNE_DIR / "trials.csv"
 
 
 def workspace_root() -> Path:

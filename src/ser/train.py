@@ -1,4 +1,8 @@
-"""train stage: fit the seed CNN on training speakers, early-stopped on validation speakers."""
+"""train stage: fit ``model.kind`` on training speakers; every choice made on validation speakers.
+
+The seed CNN is early-stopped on validation UAR; a linear baseline (``ser.baselines``)
+takes the C of ``model.C_grid`` that scores best there.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from ser import EMOTIONS, paths
 from ser.artifacts import read_json, write_json, write_with
-from ser.classifier import SAVED_FILES, Classifier, label_encoder
+from ser.baselines import fit_linear
+from ser.classifier import Classifier, label_encoder
 from ser.config import ModelParams, Params
 from ser.dataset import feature_columns, load_features, matrix, select
 from ser.metrics import summary, uar
@@ -45,6 +50,25 @@ class ValidationUAR(keras.callbacks.Callback):
             logs["val_uar"] = uar(self.labels, predicted)
 
 
+def log_step(row: dict[str, float]) -> None:
+    """One epoch's (or C candidate's) metrics to MLflow, at step ``row["epoch"]``, and the log."""
+    step = int(row["epoch"])
+    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step)
+    log.info("epoch %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
+
+
+def write_curve(target: Path, rows: list[dict[str, float]]) -> None:
+    """The training curve as a CSV for `dvc plots`, one row per epoch (or C candidate)."""
+
+    def write(path: Path) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_with(target, write)
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Writes each epoch's metrics and learning rate to MLflow and to a CSV for `dvc plots`."""
 
@@ -57,17 +81,10 @@ class EpochLogger(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         row["learning_rate"] = float(self.model.optimizer.learning_rate)
         self.rows.append(row)
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
+        log_step(row)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        def write(path: Path) -> None:
-            with path.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(self.rows[0]))
-                writer.writeheader()
-                writer.writerows(self.rows)
-
-        write_with(self.csv_path, write)
+        write_curve(self.csv_path, self.rows)
 
 
 def chosen_hyperparameters(path: Path = paths.HYPERPARAMS) -> ModelParams:
@@ -132,35 +149,39 @@ def fit(
 
 
 def run(params: Params) -> dict[str, float]:
-    """Train on the training speakers, save ``models/`` and validation metrics."""
+    """Train the chosen kind on the training speakers, save ``models/`` and validation metrics."""
     features = load_features(paths.FEATURES)
     train_rows = select(features, "train", with_augmented=True)
     val_rows = select(features, "val")
     hp = chosen_hyperparameters()
     with stage_run("train", params) as run:
+        if hp.kind == "cnn":
+            classifier, history = fit(
+                train_rows, val_rows, hp, params, [EpochLogger(paths.TRAINING_CURVE)]
+            )
+            how = {"epochs_run": len(history.history["loss"])}
+        else:
+            classifier, hp, curve = fit_linear(train_rows, val_rows, hp, params)
+            for row in curve:
+                log_step(row)
+            write_curve(paths.TRAINING_CURVE, curve)
+            how = {"C": hp.C}
         mlflow.log_params({f"chosen.{k}": v for k, v in hp.model_dump().items()})
-        classifier, history = fit(
-            train_rows, val_rows, hp, params, [EpochLogger(paths.TRAINING_CURVE)]
-        )
         predicted = classifier.predict(matrix(val_rows, classifier.feature_names))
         val = summary(val_rows["label"].tolist(), predicted)
-        epochs_run = len(history.history["loss"])
-        metrics = {
-            **{f"val_{k}": v for k, v in val.items()},
-            "epochs_run": epochs_run,
-            "train_rows": len(train_rows),
-        }
-        classifier.save(paths.MODELS_DIR)
+        metrics = {**{f"val_{k}": v for k, v in val.items()}, **how, "train_rows": len(train_rows)}
+        saved = classifier.save(paths.MODELS_DIR)
         write_json(paths.TRAIN_RUN_ID, {"run_id": run.info.run_id})
         write_json(paths.TRAIN_METRICS, metrics)
         mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
-        for name in (*SAVED_FILES, paths.HYPERPARAMS.name):
-            mlflow.log_artifact(str(paths.MODELS_DIR / name), "model")
+        for path in (*saved, paths.HYPERPARAMS):
+            mlflow.log_artifact(str(path), "model")
         mlflow.log_artifact(str(paths.TRAINING_CURVE))
     log.info(
-        "validation UAR %.3f, accuracy %.3f after %d epochs",
+        "%s: validation UAR %.3f, accuracy %.3f (%s)",
+        hp.kind,
         val["uar"],
         val["accuracy"],
-        epochs_run,
+        ", ".join(f"{k} {v:g}" for k, v in how.items()),
     )
     return metrics

@@ -1,7 +1,7 @@
 """tune stage: Optuna search over the CNN's hyperparameters, scored on validation speakers only.
 
 The study lives in ``tune.storage`` (default: SQLite inside the persistent
-``models/tune`` output), so an interrupted search resumes with its finished
+``tuning/study`` output), so an interrupted search resumes with its finished
 trials, and several workers, here or on other machines, can fill one study.
 """
 
@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ser import paths
 from ser.artifacts import write_json, write_with
-from ser.config import DEFAULT_PARAMS, ModelParams, Params, SearchSpace
+from ser.config import DEFAULT_PARAMS, ConfigError, ModelParams, Params, SearchSpace
 from ser.dataset import load_features, select
 from ser.tracking import stage_run, use_experiment
 from ser.train import fit
@@ -40,6 +40,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is logged per trial below
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 HEARTBEAT_S = 20
+LINEAR_KEYS = {"kind", "C", "C_grid"}  # the CNN search ignores them; so does its study's name
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace, base: ModelParams) -> ModelParams:
@@ -107,7 +108,7 @@ def study_name(params: Params, features_sha256: str) -> str:
     """Same search, data and training set-up → same study; any change starts a new one."""
     spec = {
         "space": params.tune.space.model_dump(mode="json"),
-        "base": params.model.model_dump(mode="json"),
+        "base": params.model.model_dump(mode="json", exclude=LINEAR_KEYS),
         "train": params.train.model_dump(mode="json", exclude={"epochs"}),
         "max_epochs": params.tune.max_epochs,
         "warmup": params.tune.pruner_warmup_epochs,
@@ -232,16 +233,27 @@ def _log_study_artifacts(study: optuna.Study) -> None:
         except (ValueError, RuntimeError) as error:  # e.g. fewer than two complete trials
             log.info("no %s plot: %s", name, error)
             continue
-        target = paths.TUNE_DIR / f"{name}.png"
+        target = paths.STUDY_DIR / f"{name}.png"
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
         figure.tight_layout()
         write_with(target, lambda path, f=figure: f.savefig(path, format="png", dpi=110))
         mlflow.log_artifact(str(target), "tune")
 
 
+def _require_cnn(params: Params) -> None:
+    if params.model.kind != "cnn":
+        raise ConfigError(
+            f"tune.enabled: the Optuna search tunes the CNN, but model.kind is "
+            f"{params.model.kind!r}; set tune.enabled=false (model.C_grid chooses C "
+            "on validation speakers)"
+        )
+
+
 def run(params: Params, params_path: Path = DEFAULT_PARAMS) -> ModelParams:
     """Choose hyperparameters (search, or params.yaml's model section) and write them for train."""
-    paths.TUNE_DIR.mkdir(parents=True, exist_ok=True)
+    if params.tune.enabled:
+        _require_cnn(params)
+    paths.STUDY_DIR.mkdir(parents=True, exist_ok=True)
     with stage_run("tune", params) as parent:
         if not params.tune.enabled:
             chosen, trials = params.model, pd.DataFrame(columns=["number", "state", "value"])
@@ -271,6 +283,7 @@ def run(params: Params, params_path: Path = DEFAULT_PARAMS) -> ModelParams:
 
 def run_worker(params: Params, worker: int, parent_run_id: str | None) -> None:
     """An extra worker on the same study (another process or machine); writes no outputs."""
+    _require_cnn(params)
     if parent_run_id is not None:
         use_experiment(params.mlflow.experiment)
         optimise(params, parent_run_id, worker)
