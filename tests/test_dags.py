@@ -27,8 +27,8 @@ TASK_IDS = ["dvc_pull", "dvc_repro", "quality_gate", "dvc_push"]
 CACHED_OUTS = [
     "data/processed/manifest.parquet",
     "data/processed/features.parquet",
-    "models/model.keras",
-    "models/preprocessing.joblib",
+    "models",
+    "tuning/study",
 ]
 
 
