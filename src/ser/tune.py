@@ -31,6 +31,7 @@ from ser import paths
 from ser.artifacts import write_json, write_with
 from ser.config import DEFAULT_PARAMS, ConfigError, ModelParams, Params, SearchSpace
 from ser.dataset import load_features, select
+from ser.manifest import sha256_of
 from ser.tracking import stage_run, use_experiment
 from ser.train import fit
 
@@ -192,7 +193,7 @@ def optimise(params: Params, parent_run_id: str, worker: int = 0) -> optuna.Stud
     objective = make_objective(
         select(features, "train", with_augmented=True), select(features, "val"), params
     )
-    study = open_study(params, study_name(params, _sha256(paths.FEATURES)), worker)
+    study = open_study(params, study_name(params, sha256_of(paths.FEATURES)), worker)
     study.optimize(
         objective,
         timeout=params.tune.timeout_s,
@@ -208,11 +209,6 @@ def optimise(params: Params, parent_run_id: str, worker: int = 0) -> optuna.Stud
 
 def _remaining(study: optuna.Study, params: Params) -> int:
     return params.tune.n_trials - len(study.get_trials(deepcopy=False))
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _start_workers(count: int, params_path: Path, parent_run_id: str) -> list[subprocess.Popen]:
