@@ -83,3 +83,22 @@ def test_hyperparameters_shape_the_network():
     assert {d[1] for d in layers if d[0] == "MaxPooling1D"} == {3}
     assert ("Dropout", 0.4) in layers
     assert [d[1:] for d in layers if d[0] == "Dense"] == [(32, "relu"), (8, "relu"), (4, "softmax")]
+
+
+def test_input_noise_and_l2_leave_the_design_in_place():
+    network = build_cnn(118, 7, ModelParams(input_noise=0.3, l2=1e-3))
+    kinds = [describe(layer) for layer in network.layers]
+    assert kinds == [("GaussianNoise",), *SEED_DESIGN]
+    assert network.layers[0].get_config()["stddev"] == 0.3
+    dense = [layer for layer in network.layers if type(layer).__name__ == "Dense"]
+    assert [d.kernel_regularizer is not None for d in dense] == [True, True, False]
+    assert len(network.losses) == 2  # one L2 penalty per hidden dense layer
+
+
+def test_input_noise_acts_in_training_only():
+    network = build_cnn(40, 7, ModelParams(filters=(8, 8, 8), dense_units=(8, 8), input_noise=1.0))
+    inputs = np.random.default_rng(1).normal(size=(4, 40, 1)).astype(np.float32)
+    inference = [np.asarray(network(inputs, training=False)) for _ in range(2)]
+    np.testing.assert_array_equal(inference[0], inference[1])
+    training = [np.asarray(network(inputs, training=True)) for _ in range(2)]
+    assert not np.allclose(training[0], training[1])

@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 from conftest import TINY_MODEL, feature_table, make_params
+from sklearn.feature_selection import SelectKBest, f_classif
 
 from ser import EMOTIONS, paths
 from ser.artifacts import write_json, write_parquet
@@ -55,10 +56,26 @@ def test_scaler_is_fitted_on_training_rows_only(table, fitted):
     columns = feature_columns(table)
     train = matrix(select(table, "train", with_augmented=True), columns)
     everything = matrix(table, columns)
-    np.testing.assert_allclose(classifier.scaler.mean_, train.mean(axis=0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(classifier.scaler.scale_, train.std(axis=0), rtol=1e-4)
-    assert not np.allclose(classifier.scaler.mean_, everything.mean(axis=0), rtol=1e-3)
+    scale = classifier.preprocessing["scale"]
+    np.testing.assert_allclose(scale.mean_, train.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scale.scale_, train.std(axis=0), rtol=1e-4)
+    assert not np.allclose(scale.mean_, everything.mean(axis=0), rtol=1e-3)
     assert classifier.feature_names == columns
+
+
+def test_selected_features_are_chosen_on_training_rows_and_feed_the_network(table):
+    train_rows, val_rows = select(table, "train", with_augmented=True), select(table, "val")
+    hp = HP.model_copy(update={"select_k": 10, "input_clip": 3.0, "input_noise": 0.2})
+    params = make_params({"train": {"epochs": 2}})
+    classifier, _ = fit(train_rows, val_rows, hp, params)
+    assert classifier.estimator.input_shape == (None, 10, 1)
+    selector = classifier.preprocessing["select"]
+    columns = feature_columns(table)
+    scaled = np.clip(
+        classifier.preprocessing["scale"].transform(matrix(train_rows, columns)), -3, 3
+    )
+    expected = SelectKBest(f_classif, k=10).fit(scaled, train_rows["label"])
+    np.testing.assert_array_equal(selector.get_support(), expected.get_support())
 
 
 def test_validation_uar_is_logged_every_epoch(fitted):

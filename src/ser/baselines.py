@@ -1,6 +1,6 @@
 """Linear baselines on the CNN's features: multinomial logistic regression and a linear SVM.
 
-Both are fitted on the standardised training rows, saved and predicted through the
+Both are fitted on the preprocessed training rows (``fit_preprocessing``), saved and predicted through the
 same ``Classifier`` as the CNN. C is ``model.C``, or the value of ``model.C_grid`` with
 the best validation UAR: the test speakers are never seen here.
 """
@@ -14,11 +14,10 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import GroupKFold
-from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
-from ser.classifier import Classifier, label_encoder
+from ser.classifier import Classifier, fit_preprocessing, label_encoder
 from ser.config import ModelParams, Params
 from ser.dataset import feature_columns, matrix
 from ser.metrics import uar
@@ -78,9 +77,9 @@ def fit_linear(
     """
     columns = feature_columns(train_rows)
     values = matrix(train_rows, columns)
-    scaler = StandardScaler().fit(values)
     encoder = label_encoder()
     labels = encoder.transform(train_rows[["label"]].to_numpy()).argmax(axis=1)
+    preprocessing = fit_preprocessing(values, labels, hp)
     speakers = train_rows["speaker"].to_numpy()
     best: tuple[Classifier, ModelParams, float] | None = None
     curve = []
@@ -89,7 +88,9 @@ def fit_linear(
         estimator = make_estimator(
             candidate, params.train.class_weights, params.train.seed, speakers
         )
-        classifier = Classifier(estimator, scaler, encoder, columns, params.audio, params.features)
+        classifier = Classifier(
+            estimator, preprocessing, encoder, columns, params.audio, params.features
+        )
         with threadpool_limits(1):  # threaded BLAS made lbfgs 10-100x slower on 2 busy cores
             estimator.fit(classifier.prepare(values), labels)
         row = {

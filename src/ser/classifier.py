@@ -1,4 +1,4 @@
-"""The trained classifier as saved in ``models/``: estimator, scaler, label encoder, feature config.
+"""The trained classifier as saved in ``models/``: estimator, preprocessing, encoder, feature config.
 
 The estimator is the seed CNN (a keras network, ``model.keras``) or a scikit-learn
 baseline (``model.joblib``); everything else is saved the same way for every kind.
@@ -14,11 +14,13 @@ import joblib
 import keras
 import numpy as np
 from sklearn.base import ClassifierMixin
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.feature_selection import SelectKBest, f_classif
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from ser import EMOTIONS
 from ser.artifacts import write_with
-from ser.config import AudioParams, FeatureParams
+from ser.config import AudioParams, FeatureParams, ModelParams
 
 NETWORK_FILE = "model.keras"
 ESTIMATOR_FILE = "model.joblib"
@@ -32,12 +34,25 @@ def label_encoder() -> OneHotEncoder:
     return encoder.fit(np.array(EMOTIONS).reshape(-1, 1))
 
 
+def fit_preprocessing(values: np.ndarray, labels: np.ndarray, hp: ModelParams) -> Pipeline:
+    """Fitted on training rows only: standardise, clip to ``±hp.input_clip`` (if set), then
+    keep the ``hp.select_k`` features (if set) with the highest ANOVA F over ``labels``."""
+    steps: list[tuple[str, object]] = [("scale", StandardScaler())]
+    if hp.input_clip is not None:
+        bound = {"a_min": -hp.input_clip, "a_max": hp.input_clip}
+        clip = FunctionTransformer(np.clip, kw_args=bound, feature_names_out="one-to-one")
+        steps.append(("clip", clip))
+    if hp.select_k is not None and hp.select_k < values.shape[1]:
+        steps.append(("select", SelectKBest(f_classif, k=hp.select_k)))
+    return Pipeline(steps).fit(values, labels)
+
+
 @dataclass
 class Classifier:
     """A keras network or a scikit-learn estimator fitted on label indices (``EMOTIONS`` order)."""
 
     estimator: keras.Model | ClassifierMixin
-    scaler: StandardScaler
+    preprocessing: Pipeline
     encoder: OneHotEncoder
     feature_names: list[str]
     audio: AudioParams
@@ -52,8 +67,8 @@ class Classifier:
         return isinstance(self.estimator, keras.Model)
 
     def prepare(self, values: np.ndarray) -> np.ndarray:
-        """Standardise with training statistics (and add the Conv1D channel axis for the CNN)."""
-        scaled = self.scaler.transform(values).astype(np.float32)
+        """Preprocess as fitted on training rows (and add the Conv1D channel axis for the CNN)."""
+        scaled = self.preprocessing.transform(values).astype(np.float32)
         return scaled[..., np.newaxis] if self.is_network else scaled
 
     def predict_proba(self, values: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -83,7 +98,7 @@ class Classifier:
             write_with(model_path, lambda path: joblib.dump(self.estimator, path))
         stale.unlink(missing_ok=True)  # a model of the other kind would make loading ambiguous
         preprocessing = {
-            "scaler": self.scaler,
+            "preprocessing": self.preprocessing,
             "encoder": self.encoder,
             "feature_names": self.feature_names,
         }
@@ -116,7 +131,7 @@ class Classifier:
         config = json.loads((directory / FEATURE_CONFIG_FILE).read_text())
         return cls(
             estimator=estimator,
-            scaler=preprocessing["scaler"],
+            preprocessing=preprocessing["preprocessing"],
             encoder=preprocessing["encoder"],
             feature_names=preprocessing["feature_names"],
             audio=AudioParams(**config["audio"]),

@@ -110,6 +110,10 @@ class ModelParams(_Section):
     dense_units: tuple[int, int] = (64, 16)
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
+    input_noise: float = Field(0.0, ge=0)
+    l2: float = Field(0.0, ge=0)
+    select_k: int | None = Field(None, ge=1)
+    input_clip: float | None = Field(None, gt=0)
     C: float = Field(0.01, gt=0)
     C_grid: PositiveFloats = Field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
 

@@ -15,13 +15,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 
 from ser import EMOTIONS, paths
 from ser.artifacts import read_json, write_json, write_with
 from ser.baselines import fit_linear
-from ser.classifier import Classifier, label_encoder
+from ser.classifier import Classifier, fit_preprocessing, label_encoder
 from ser.config import ModelParams, Params
 from ser.dataset import feature_columns, load_features, matrix, select
 from ser.metrics import summary, uar
@@ -108,16 +107,17 @@ def fit(
     params: Params,
     extra_callbacks: list[keras.callbacks.Callback] = (),
 ) -> tuple[Classifier, keras.callbacks.History]:
-    """Standardise, encode and fit the CNN; early stopping restores the best weights."""
+    """Preprocess, encode and fit the CNN; early stopping restores the best weights."""
     make_deterministic(params.train.seed)
     columns = feature_columns(train_rows)
-    scaler = StandardScaler().fit(matrix(train_rows, columns))
     encoder = label_encoder()
-    network = build_cnn(len(columns), len(EMOTIONS), hp)
-    classifier = Classifier(network, scaler, encoder, columns, params.audio, params.features)
+    y_train = encoder.transform(train_rows[["label"]].to_numpy())
+    preprocessing = fit_preprocessing(matrix(train_rows, columns), y_train.argmax(axis=1), hp)
+    inputs = len(preprocessing.get_feature_names_out())  # fewer than columns with select_k
+    network = build_cnn(inputs, len(EMOTIONS), hp)
+    classifier = Classifier(network, preprocessing, encoder, columns, params.audio, params.features)
 
     x_train = classifier.prepare(matrix(train_rows, columns))
-    y_train = encoder.transform(train_rows[["label"]].to_numpy())
     x_val = classifier.prepare(matrix(val_rows, columns))
     y_val = encoder.transform(val_rows[["label"]].to_numpy())
     t = params.train

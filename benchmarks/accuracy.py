@@ -1,0 +1,207 @@
+"""Speaker-independent accuracy: grouped k-fold cross-validation by speaker (``make benchmark-accuracy``).
+
+The speakers are dealt into ``--folds`` folds, both sexes in each. Fold i is the test
+fold, touched once to score; fold i+1 holds the validation speakers, which make every
+choice (early stopping and the learning-rate schedule of the CNN, C of the linear
+models); the remaining folds train. Augmented copies are made for training clips only,
+as in the pipeline. Every (feature set, model kind) pair of the grid is trained with
+the model and train sections of params.yaml, so the ``cnn`` row of the default feature
+set is the default pipeline; the linear kinds always see every feature of the set
+(``model.select_k`` is a CNN knob here). No tuning, no test-speaker statistics.
+
+Prints a table and writes it, with per-fold numbers, to ``--out`` (.md and .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pipeline_speed import SHARED_RAVDESS, machine
+from sklearn.model_selection import StratifiedGroupKFold
+
+from ser.baselines import fit_linear
+from ser.config import Params, load_params
+from ser.dataset import META_COLUMNS, matrix
+from ser.features import feature_names
+from ser.featurize import ORIGINAL, extract_features
+from ser.manifest import scan
+from ser.metrics import summary
+from ser.train import fit
+
+log = logging.getLogger("benchmark")
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("cnn", "logreg", "linear_svm")
+SETS = ("seed", "egemaps", "compare")
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    test_speakers: list[str]
+    val_speakers: list[str]
+    uar: float
+    accuracy: float
+    macro_f1: float
+    val_uar: float
+    fit_seconds: float
+    predict_ms_per_clip: float
+
+
+def speaker_folds(manifest: pd.DataFrame, n_folds: int, seed: int) -> list[list[str]]:
+    """Speakers dealt into ``n_folds`` groups, each sex spread evenly over them."""
+    speakers = manifest.drop_duplicates("speaker")
+    if len(speakers) < n_folds + 2:
+        raise ValueError(f"{len(speakers)} speakers cannot fill {n_folds} folds plus validation")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    strata = (speakers["corpus"] + "/" + speakers["sex"]).to_numpy()
+    return [
+        sorted(speakers["speaker"].iloc[test].tolist())
+        for _, test in splitter.split(speakers, strata, groups=speakers["speaker"])
+    ]
+
+
+def feature_table(manifest: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Features of every clip and of one augmented copy per recipe (used for training only)."""
+    every_clip_augmented = manifest.assign(split="train")
+    table, failures, stats = extract_features(every_clip_augmented, params)
+    log.info(
+        "features: %d rows, %d clips extracted in %.0f s, %d failed",
+        len(table), stats.computed_clips, stats.seconds, len(failures),
+    )  # fmt: skip
+    return table
+
+
+def run_fold(
+    table: pd.DataFrame, columns: list[str], folds: list[list[str]], index: int,
+    kind: str, params: Params,
+) -> FoldResult:  # fmt: skip
+    """Train on the training folds, choose on fold ``index + 1``, score fold ``index`` once."""
+    test, val = folds[index], folds[(index + 1) % len(folds)]
+    split = np.where(
+        table["speaker"].isin(test), "test", np.where(table["speaker"].isin(val), "val", "train")
+    )
+    rows = table[[*META_COLUMNS, *columns]].assign(split=split)
+    original = rows["augmentation"] == ORIGINAL
+    train_rows = rows[rows["split"] == "train"].reset_index(drop=True)
+    val_rows = rows[(rows["split"] == "val") & original].reset_index(drop=True)
+    test_rows = rows[(rows["split"] == "test") & original].reset_index(drop=True)
+
+    hp = params.model.model_copy(update={"kind": kind})
+    started = time.perf_counter()
+    if kind == "cnn":
+        classifier, _ = fit(train_rows, val_rows, hp, params)
+    else:
+        classifier, _, _ = fit_linear(
+            train_rows, val_rows, hp.model_copy(update={"select_k": None}), params
+        )
+    fit_seconds = time.perf_counter() - started
+    val_uar = summary(val_rows["label"].tolist(), classifier.predict(matrix(val_rows, columns)))
+    started = time.perf_counter()
+    predicted = classifier.predict(matrix(test_rows, columns))
+    predict_seconds = time.perf_counter() - started
+    scores = summary(test_rows["label"].tolist(), predicted)
+    return FoldResult(
+        index, test, val, scores["uar"], scores["accuracy"], scores["macro_f1"],
+        val_uar["uar"], fit_seconds, 1000 * predict_seconds / len(test_rows),
+    )  # fmt: skip
+
+
+def aggregate(feature_set: str, kind: str, results: list[FoldResult]) -> dict[str, object]:
+    def column(name: str) -> np.ndarray:
+        return np.array([getattr(r, name) for r in results])
+
+    return {
+        "features": feature_set,
+        "kind": kind,
+        "uar_mean": float(column("uar").mean()),
+        "uar_std": float(column("uar").std()),
+        "accuracy": float(column("accuracy").mean()),
+        "macro_f1": float(column("macro_f1").mean()),
+        "val_uar": float(column("val_uar").mean()),
+        "fit_seconds": float(column("fit_seconds").mean()),
+        "predict_ms_per_clip": float(column("predict_ms_per_clip").mean()),
+        "folds": [asdict(r) for r in results],
+    }
+
+
+def markdown(rows: list[dict[str, object]], info: dict[str, object]) -> str:
+    lines = [
+        "| features | model | UAR (mean ± std) | accuracy | macro-F1 | val UAR "
+        "| fit s / fold | predict ms / clip |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['features']} | {r['kind']} | {100 * r['uar_mean']:.1f} ± "
+            f"{100 * r['uar_std']:.1f} % | {100 * r['accuracy']:.1f} % | "
+            f"{100 * r['macro_f1']:.1f} % | {100 * r['val_uar']:.1f} % | "
+            f"{r['fit_seconds']:.0f} | {r['predict_ms_per_clip']:.2f} |"
+        )
+    about = ", ".join(f"{k}: {v}" for k, v in info.items())
+    return "\n".join(lines) + f"\n\n{about}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=SHARED_RAVDESS, help="corpus folder")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy",
+        help="writes <out>.md and <out>.json",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for noisy in ("mlflow", "absl", "numba", "ser.train"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    started = time.perf_counter()
+    info = machine() | {"corpus": str(args.corpus), "folds": args.folds}
+
+    params = load_params(args.params)
+    params = params.model_copy(
+        update={"features": params.features.model_copy(update={"sets": args.sets})}
+    )
+    manifest, problems = scan(args.corpus, params.data.corpora)
+    log.info("%d clips of %d speakers (%d skipped)", len(manifest),
+             manifest["speaker"].nunique(), len(problems))  # fmt: skip
+    folds = speaker_folds(manifest, args.folds, params.split.seed)
+    table = feature_table(manifest, params)
+
+    rows = []
+    for feature_set in args.sets:
+        set_params = params.features.model_copy(update={"sets": [feature_set]})
+        columns = feature_names(set_params)
+        for kind in args.kinds:
+            results = []
+            for index in range(args.folds):
+                results.append(run_fold(table, columns, folds, index, kind, params))
+                log.info("%s %s fold %d: test UAR %.3f (val %.3f, %.0f s)", feature_set, kind,
+                         index, results[-1].uar, results[-1].val_uar, results[-1].fit_seconds)  # fmt: skip
+            rows.append(aggregate(feature_set, kind, results))
+
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    info["benchmark_seconds"] = round(time.perf_counter() - started, 1)
+    text = markdown(rows, info)
+    print("\n" + text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
+    report = {"machine": info, "params": params.model_dump(mode="json"), "rows": rows}
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
