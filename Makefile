@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install data repro test lint mlflow-ui benchmark
+.PHONY: install data repro test lint mlflow-ui benchmark benchmark-accuracy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ mlflow-ui: install  ## browse runs of the embedded store at http://127.0.0.1:500
 
 benchmark: install  ## speed figures on the shared RAVDESS (see README)
 	python benchmarks/pipeline_speed.py
+
+benchmark-accuracy: install  ## grouped k-fold CV by speaker, feature sets x model kinds (see README)
+	python benchmarks/accuracy.py
 
 .PHONY: push pull
 

@@ -5,9 +5,10 @@ fold, touched once to score; fold i+1 holds the validation speakers, which make 
 choice (early stopping and the learning-rate schedule of the CNN, C of the linear
 models); the remaining folds train. Augmented copies are made for training clips only,
 as in the pipeline. Every (feature set, model kind) pair of the grid is trained with
-the model and train sections of params.yaml, so the ``cnn`` row of the default feature
-set is the default pipeline; the linear kinds always see every feature of the set
-(``model.select_k`` is a CNN knob here). No tuning, no test-speaker statistics.
+the model and train sections of params.yaml (``train.refit_on_val`` included), so the
+``cnn`` row of the default feature set is the default pipeline; the linear kinds always
+see every feature of the set (``model.select_k`` is a CNN knob here). No tuning, no
+test-speaker statistics.
 
 Prints a table and writes it, with per-fold numbers, to ``--out`` (.md and .json).
 """
@@ -28,14 +29,13 @@ import pandas as pd
 from pipeline_speed import SHARED_RAVDESS, machine
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ser.baselines import fit_linear
 from ser.config import Params, load_params
 from ser.dataset import META_COLUMNS, matrix
 from ser.features import feature_names
 from ser.featurize import ORIGINAL, extract_features
 from ser.manifest import scan
 from ser.metrics import summary
-from ser.train import fit
+from ser.train import train_model
 
 log = logging.getLogger("benchmark")
 
@@ -97,22 +97,18 @@ def run_fold(
     test_rows = rows[(rows["split"] == "test") & original].reset_index(drop=True)
 
     hp = params.model.model_copy(update={"kind": kind})
+    if kind != "cnn":
+        hp = hp.model_copy(update={"select_k": None})
     started = time.perf_counter()
-    if kind == "cnn":
-        classifier, _ = fit(train_rows, val_rows, hp, params)
-    else:
-        classifier, _, _ = fit_linear(
-            train_rows, val_rows, hp.model_copy(update={"select_k": None}), params
-        )
+    trained = train_model(train_rows, val_rows, hp, params)
     fit_seconds = time.perf_counter() - started
-    val_uar = summary(val_rows["label"].tolist(), classifier.predict(matrix(val_rows, columns)))
     started = time.perf_counter()
-    predicted = classifier.predict(matrix(test_rows, columns))
+    predicted = trained.classifier.predict(matrix(test_rows, columns))
     predict_seconds = time.perf_counter() - started
     scores = summary(test_rows["label"].tolist(), predicted)
     return FoldResult(
         index, test, val, scores["uar"], scores["accuracy"], scores["macro_f1"],
-        val_uar["uar"], fit_seconds, 1000 * predict_seconds / len(test_rows),
+        trained.val["uar"], fit_seconds, 1000 * predict_seconds / len(test_rows),
     )  # fmt: skip
 
 

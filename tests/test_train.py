@@ -8,6 +8,7 @@ import json
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import TINY_MODEL, feature_table, make_params
 from sklearn.feature_selection import SelectKBest, f_classif
@@ -17,7 +18,15 @@ from ser.artifacts import write_json, write_parquet
 from ser.config import ModelParams
 from ser.dataset import feature_columns, matrix, select
 from ser.metrics import uar
-from ser.train import chosen_hyperparameters, class_weights, fit, run
+from ser.train import (
+    best_epochs,
+    chosen_hyperparameters,
+    class_weights,
+    fit,
+    refit_network,
+    run,
+    train_model,
+)
 
 HP = ModelParams(**TINY_MODEL)
 PARAMS = make_params({"train": {"epochs": 15, "early_stopping_patience": 3}})
@@ -148,6 +157,53 @@ def test_class_weights_reach_keras(monkeypatch, table, enabled):
     weights = seen["class_weight"]
     assert set(weights) == set(range(len(EMOTIONS)))
     assert weights[rare] > 2 * weights[EMOTIONS.index("happy")]
+
+
+def test_refit_on_val_fits_the_chosen_epochs_again_on_train_and_val(table):
+    train_rows, val_rows = select(table, "train", with_augmented=True), select(table, "val")
+    params = make_params({"train": {"epochs": 6, "early_stopping_patience": 2}})
+    refit_params = make_params(
+        {"train": {"epochs": 6, "early_stopping_patience": 2, "refit_on_val": True}}
+    )
+    chosen = train_model(train_rows, val_rows, HP, params)
+    refitted = train_model(train_rows, val_rows, HP, refit_params)
+    assert refitted.val == chosen.val  # validation speaks for the choice, not the refit
+    both = pd.concat([train_rows, val_rows], ignore_index=True)
+    assert refitted.how["refit_rows"] == len(both)
+    columns = feature_columns(table)
+    scale = refitted.classifier.preprocessing["scale"]
+    np.testing.assert_allclose(
+        scale.mean_, matrix(both, columns).mean(axis=0), rtol=1e-4, atol=1e-5
+    )
+    steps_per_epoch = -(-len(both) // HP.batch_size)
+    optimizer = refitted.classifier.estimator.optimizer
+    assert int(optimizer.iterations) == chosen.how["best_epoch"] * steps_per_epoch
+
+
+def test_refit_replays_the_learning_rates_validation_saw(table):
+    train_rows, val_rows = select(table, "train", with_augmented=True), select(table, "val")
+    params = make_params(
+        {"train": {"epochs": 5, "early_stopping_patience": 5, "reduce_lr_patience": 1}}
+    )
+    _, history = fit(train_rows, val_rows, HP, params)
+    rates = history.history["learning_rate"]
+    both = pd.concat([train_rows, val_rows], ignore_index=True)
+    refitted = refit_network(both, HP, params, history)
+    best = best_epochs(history, "val_uar")
+    assert best == int(np.argmax(history.history["val_uar"])) + 1
+    final_rate = float(refitted.estimator.optimizer.learning_rate)
+    assert final_rate == pytest.approx(rates[best - 1])
+
+
+@pytest.mark.parametrize("kind", ["logreg", "linear_svm"])
+def test_refit_of_a_linear_kind_keeps_the_chosen_c(table, kind):
+    train_rows, val_rows = select(table, "train", with_augmented=True), select(table, "val")
+    hp = HP.model_copy(update={"kind": kind, "C_grid": [0.01, 1.0]})
+    chosen = train_model(train_rows, val_rows, hp, PARAMS)
+    refitted = train_model(train_rows, val_rows, hp, make_params({"train": {"refit_on_val": True}}))
+    assert refitted.hp.C == chosen.hp.C and refitted.val == chosen.val
+    scale = refitted.classifier.preprocessing["scale"]
+    assert scale.n_samples_seen_ == len(train_rows) + len(val_rows)
 
 
 def test_missing_hyperparameters_say_what_to_run(tmp_path):

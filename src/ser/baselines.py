@@ -66,6 +66,23 @@ def scores(classifier: Classifier, rows: pd.DataFrame, prefix: str = "") -> dict
     }
 
 
+def fit_estimator(rows: pd.DataFrame, hp: ModelParams, params: Params) -> Classifier:
+    """Preprocessing and one estimator of kind ``hp.kind`` with ``hp.C``, fitted on ``rows``."""
+    columns = feature_columns(rows)
+    values = matrix(rows, columns)
+    encoder = label_encoder()
+    labels = encoder.transform(rows[["label"]].to_numpy()).argmax(axis=1)
+    preprocessing = fit_preprocessing(values, labels, hp)
+    speakers = rows["speaker"].to_numpy()
+    estimator = make_estimator(hp, params.train.class_weights, params.train.seed, speakers)
+    classifier = Classifier(
+        estimator, preprocessing, encoder, columns, params.audio, params.features
+    )
+    with threadpool_limits(1):  # threaded BLAS made lbfgs 10-100x slower on 2 busy cores
+        estimator.fit(classifier.prepare(values), labels)
+    return classifier
+
+
 def fit_linear(
     train_rows: pd.DataFrame, val_rows: pd.DataFrame, hp: ModelParams, params: Params
 ) -> tuple[Classifier, ModelParams, list[dict[str, float]]]:
@@ -75,24 +92,11 @@ def fit_linear(
     the columns of the CNN's training curve (``epoch`` numbers the candidates, in
     increasing C; ties go to the smaller C, the stronger regularisation).
     """
-    columns = feature_columns(train_rows)
-    values = matrix(train_rows, columns)
-    encoder = label_encoder()
-    labels = encoder.transform(train_rows[["label"]].to_numpy()).argmax(axis=1)
-    preprocessing = fit_preprocessing(values, labels, hp)
-    speakers = train_rows["speaker"].to_numpy()
     best: tuple[Classifier, ModelParams, float] | None = None
     curve = []
     for step, c in enumerate(sorted(hp.C_grid) or [hp.C], start=1):
         candidate = hp.model_copy(update={"C": c})
-        estimator = make_estimator(
-            candidate, params.train.class_weights, params.train.seed, speakers
-        )
-        classifier = Classifier(
-            estimator, preprocessing, encoder, columns, params.audio, params.features
-        )
-        with threadpool_limits(1):  # threaded BLAS made lbfgs 10-100x slower on 2 busy cores
-            estimator.fit(classifier.prepare(values), labels)
+        classifier = fit_estimator(train_rows, candidate, params)
         row = {
             "epoch": step,
             **scores(classifier, train_rows),

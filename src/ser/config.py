@@ -126,6 +126,7 @@ class TrainParams(_Section):
     reduce_lr_patience: int = Field(5, ge=1)
     reduce_lr_factor: float = Field(0.5, gt=0, lt=1)
     class_weights: bool = True
+    refit_on_val: bool = False
 
 
 PositiveInts = list[Annotated[int, Field(ge=1)]]

@@ -1,13 +1,16 @@
 """train stage: fit ``model.kind`` on training speakers; every choice made on validation speakers.
 
 The seed CNN is early-stopped on validation UAR; a linear baseline (``ser.baselines``)
-takes the C of ``model.C_grid`` that scores best there.
+takes the C of ``model.C_grid`` that scores best there. With ``train.refit_on_val`` the
+chosen set-up (epochs and learning rates, or C) is then fitted again on training and
+validation speakers together; the validation metrics reported are those of the choice.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -19,7 +22,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from ser import EMOTIONS, paths
 from ser.artifacts import read_json, write_json, write_with
-from ser.baselines import fit_linear
+from ser.baselines import fit_estimator, fit_linear
 from ser.classifier import Classifier, fit_preprocessing, label_encoder
 from ser.config import ModelParams, Params
 from ser.dataset import feature_columns, load_features, matrix, select
@@ -100,6 +103,29 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
 
 
+def untrained_network(rows: pd.DataFrame, hp: ModelParams, params: Params) -> Classifier:
+    """Preprocessing fitted on ``rows`` and a freshly initialised, compiled seed CNN."""
+    make_deterministic(params.train.seed)
+    columns = feature_columns(rows)
+    encoder = label_encoder()
+    labels = encoder.transform(rows[["label"]].to_numpy()).argmax(axis=1)
+    preprocessing = fit_preprocessing(matrix(rows, columns), labels, hp)
+    inputs = len(preprocessing.get_feature_names_out())  # fewer than columns with select_k
+    network = build_cnn(inputs, len(EMOTIONS), hp)
+    network.compile(
+        optimizer=keras.optimizers.Adam(hp.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return Classifier(network, preprocessing, encoder, columns, params.audio, params.features)
+
+
+def network_inputs(classifier: Classifier, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Prepared features and one-hot labels of ``rows``."""
+    values = classifier.prepare(matrix(rows, classifier.feature_names))
+    return values, classifier.encoder.transform(rows[["label"]].to_numpy())
+
+
 def fit(
     train_rows: pd.DataFrame,
     val_rows: pd.DataFrame,
@@ -108,24 +134,10 @@ def fit(
     extra_callbacks: list[keras.callbacks.Callback] = (),
 ) -> tuple[Classifier, keras.callbacks.History]:
     """Preprocess, encode and fit the CNN; early stopping restores the best weights."""
-    make_deterministic(params.train.seed)
-    columns = feature_columns(train_rows)
-    encoder = label_encoder()
-    y_train = encoder.transform(train_rows[["label"]].to_numpy())
-    preprocessing = fit_preprocessing(matrix(train_rows, columns), y_train.argmax(axis=1), hp)
-    inputs = len(preprocessing.get_feature_names_out())  # fewer than columns with select_k
-    network = build_cnn(inputs, len(EMOTIONS), hp)
-    classifier = Classifier(network, preprocessing, encoder, columns, params.audio, params.features)
-
-    x_train = classifier.prepare(matrix(train_rows, columns))
-    x_val = classifier.prepare(matrix(val_rows, columns))
-    y_val = encoder.transform(val_rows[["label"]].to_numpy())
+    classifier = untrained_network(train_rows, hp, params)
+    x_train, y_train = network_inputs(classifier, train_rows)
+    x_val, y_val = network_inputs(classifier, val_rows)
     t = params.train
-    network.compile(
-        optimizer=keras.optimizers.Adam(hp.learning_rate),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
     mode = "max" if t.monitor == "val_uar" else "min"
     callbacks = [
         ValidationUAR(x_val, y_val.argmax(axis=1)),
@@ -139,13 +151,85 @@ def fit(
         *extra_callbacks,
     ]  # fmt: skip
     weights = class_weights(y_train.argmax(axis=1)) if t.class_weights else None
-    history = network.fit(
+    history = classifier.estimator.fit(
         x_train, y_train,
         validation_data=(x_val, y_val),
         epochs=t.epochs, batch_size=hp.batch_size,
         class_weight=weights, callbacks=callbacks, shuffle=True, verbose=0,
     )  # fmt: skip
     return classifier, history
+
+
+def best_epochs(history: keras.callbacks.History, monitor: str) -> int:
+    """How many epochs the early-stopped network had when it was at its best."""
+    curve = history.history[monitor]
+    best = np.argmax(curve) if monitor == "val_uar" else np.argmin(curve)
+    return int(best) + 1
+
+
+def refit_network(
+    rows: pd.DataFrame, hp: ModelParams, params: Params, history: keras.callbacks.History
+) -> Classifier:
+    """A fresh CNN fitted on ``rows`` for the best epochs of ``history``, replaying its
+    learning rates: what validation chose, without holding validation speakers out."""
+    classifier = untrained_network(rows, hp, params)
+    epochs = best_epochs(history, params.train.monitor)
+    rates = history.history["learning_rate"][:epochs]
+    x, y = network_inputs(classifier, rows)
+    weights = class_weights(y.argmax(axis=1)) if params.train.class_weights else None
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, _: float(rates[epoch]))
+    classifier.estimator.fit(
+        x, y, epochs=epochs, batch_size=hp.batch_size,
+        class_weight=weights, callbacks=[schedule], shuffle=True, verbose=0,
+    )  # fmt: skip
+    return classifier
+
+
+@dataclass
+class Trained:
+    """The model to save and test, and what validation said about it."""
+
+    classifier: Classifier  # refitted on training + validation rows with train.refit_on_val
+    hp: ModelParams  # the linear kinds' C is the one validation chose
+    val: dict[str, float]  # validation metrics of the model validation chose, before any refit
+    how: dict[str, float]  # epochs or C
+
+
+def train_model(
+    train_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    hp: ModelParams,
+    params: Params,
+    curve_csv: Path | None = None,
+) -> Trained:
+    """Fit ``hp.kind`` choosing on validation rows, then refit on both if ``train.refit_on_val``.
+
+    With ``curve_csv``, each epoch (or C candidate) goes to MLflow and that CSV.
+    """
+    if hp.kind == "cnn":
+        callbacks = [EpochLogger(curve_csv)] if curve_csv else []
+        classifier, history = fit(train_rows, val_rows, hp, params, callbacks)
+        how = {
+            "epochs_run": len(history.history["loss"]),
+            "best_epoch": best_epochs(history, params.train.monitor),
+        }
+    else:
+        classifier, hp, curve = fit_linear(train_rows, val_rows, hp, params)
+        if curve_csv:
+            for row in curve:
+                log_step(row)
+            write_curve(curve_csv, curve)
+        how = {"C": hp.C}
+    predicted = classifier.predict(matrix(val_rows, classifier.feature_names))
+    val = summary(val_rows["label"].tolist(), predicted)
+    if params.train.refit_on_val:
+        rows = pd.concat([train_rows, val_rows], ignore_index=True)
+        if hp.kind == "cnn":
+            classifier = refit_network(rows, hp, params, history)
+        else:
+            classifier = fit_estimator(rows, hp, params)
+        how["refit_rows"] = len(rows)
+    return Trained(classifier, hp, val, how)
 
 
 def run(params: Params) -> dict[str, float]:
@@ -155,20 +239,9 @@ def run(params: Params) -> dict[str, float]:
     val_rows = select(features, "val")
     hp = chosen_hyperparameters()
     with stage_run("train", params) as run:
-        if hp.kind == "cnn":
-            classifier, history = fit(
-                train_rows, val_rows, hp, params, [EpochLogger(paths.TRAINING_CURVE)]
-            )
-            how = {"epochs_run": len(history.history["loss"])}
-        else:
-            classifier, hp, curve = fit_linear(train_rows, val_rows, hp, params)
-            for row in curve:
-                log_step(row)
-            write_curve(paths.TRAINING_CURVE, curve)
-            how = {"C": hp.C}
+        trained = train_model(train_rows, val_rows, hp, params, paths.TRAINING_CURVE)
+        classifier, hp, val, how = trained.classifier, trained.hp, trained.val, trained.how
         mlflow.log_params({f"chosen.{k}": v for k, v in hp.model_dump().items()})
-        predicted = classifier.predict(matrix(val_rows, classifier.feature_names))
-        val = summary(val_rows["label"].tolist(), predicted)
         metrics = {**{f"val_{k}": v for k, v in val.items()}, **how, "train_rows": len(train_rows)}
         saved = classifier.save(paths.MODELS_DIR)
         write_json(paths.TRAIN_RUN_ID, {"run_id": run.info.run_id})
