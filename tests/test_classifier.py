@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 
+import joblib
 import numpy as np
 import pytest
 from conftest import TINY_MODEL, make_params
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
 from ser import EMOTIONS
 from ser.classifier import (
     ESTIMATOR_FILE,
     NETWORK_FILE,
     Classifier,
+    ModelError,
     fit_preprocessing,
     label_encoder,
 )
@@ -172,7 +175,15 @@ def test_saving_another_kind_replaces_the_previous_model(tmp_path, trained_model
 def test_two_saved_models_are_refused(tmp_path, trained_model_dir):
     Classifier.load(trained_model_dir).save(tmp_path)
     (tmp_path / ESTIMATOR_FILE).write_bytes(b"a stale model")
-    with pytest.raises(ValueError, match=r"both model\.keras and model\.joblib"):
+    with pytest.raises(ModelError, match=r"both model\.keras and model\.joblib"):
+        Classifier.load(tmp_path)
+
+
+def test_a_model_saved_before_the_preprocessing_pipeline_is_refused(tmp_path, trained_model_dir):
+    Classifier.load(trained_model_dir).save(tmp_path)
+    old = {"scaler": StandardScaler(), "encoder": label_encoder(), "feature_names": ["x"]}
+    joblib.dump(old, tmp_path / "preprocessing.joblib")
+    with pytest.raises(ModelError, match=r"preprocessing\.joblib: saved by an older version"):
         Classifier.load(tmp_path)
 
 

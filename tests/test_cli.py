@@ -8,6 +8,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, project_env, run, tone, write_audio, write_ravdess_corpus
 
+from ser.classifier import Classifier
 from ser.cli import STAGES, build_parser, main
 
 
@@ -65,6 +66,16 @@ def test_predict_without_a_model_says_so(workspace, caplog):
     with caplog.at_level(logging.ERROR, logger="ser"):
         assert main(["predict", str(clip), "--model-dir", "models"]) == 2
     assert "no trained model (run the train stage)" in caplog.text
+
+
+def test_predict_with_two_saved_models_says_which_folder(workspace, caplog, trained_model_dir):
+    clip = write_audio(workspace / "clip.wav", tone(0.5))
+    models = workspace / "models"
+    Classifier.load(trained_model_dir).save(models)
+    (models / "model.joblib").write_bytes(b"a stale model")
+    with caplog.at_level(logging.ERROR, logger="ser"):
+        assert main(["predict", str(clip), "--model-dir", str(models)]) == 2
+    assert f"{models}: both model.keras and model.joblib; remove one" in caplog.text
 
 
 def test_every_stage_is_a_subcommand():

@@ -28,6 +28,10 @@ PREPROCESSING_FILE = "preprocessing.joblib"
 FEATURE_CONFIG_FILE = "feature_config.json"
 
 
+class ModelError(ValueError):
+    """A models folder that cannot be loaded as it is; the message names the file."""
+
+
 def label_encoder() -> OneHotEncoder:
     """One-hot encoder over the seven labels, in a fixed order whatever the corpus."""
     encoder = OneHotEncoder(categories=[list(EMOTIONS)], sparse_output=False)
@@ -117,7 +121,7 @@ class Classifier:
     def load(cls, directory: Path) -> Classifier:
         network_path, estimator_path = directory / NETWORK_FILE, directory / ESTIMATOR_FILE
         if network_path.is_file() and estimator_path.is_file():
-            raise ValueError(f"{directory}: both {NETWORK_FILE} and {ESTIMATOR_FILE}; remove one")
+            raise ModelError(f"{directory}: both {NETWORK_FILE} and {ESTIMATOR_FILE}; remove one")
         if network_path.is_file():
             estimator = keras.models.load_model(network_path, compile=False)
         elif estimator_path.is_file():
@@ -128,6 +132,11 @@ class Classifier:
                 "no trained model (run the train stage)"
             )
         preprocessing = joblib.load(directory / PREPROCESSING_FILE)
+        if "preprocessing" not in preprocessing:
+            raise ModelError(
+                f"{directory / PREPROCESSING_FILE}: saved by an older version of ser "
+                "(no preprocessing pipeline); run the train stage again"
+            )
         config = json.loads((directory / FEATURE_CONFIG_FILE).read_text())
         return cls(
             estimator=estimator,

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("mlflow", "alembic", "absl", "h5py", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from ser import remote
+    from ser.classifier import ModelError
     from ser.data import DataError
     from ser.split import SplitError
 
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             _tune(args)
         else:
             _stage(args.command, args.params)
-    except (ConfigError, DataError, SplitError, FileNotFoundError, remote.RemoteError) as error:
+    except (
+        ConfigError, DataError, SplitError, ModelError, FileNotFoundError, remote.RemoteError
+    ) as error:  # fmt: skip
         log.error("%s", error)
         return 2
     return 0
