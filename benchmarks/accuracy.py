@@ -10,7 +10,10 @@ the model and train sections of params.yaml (``train.refit_on_val`` included), s
 see every feature of the set (``model.select_k`` is a CNN knob here). No tuning, no
 test-speaker statistics.
 
-Prints a table and writes it, with per-fold numbers, to ``--out`` (.md and .json).
+Prints a table and writes it, with per-fold numbers, to ``--out`` (.md and .json) after
+each pair. Rows of an earlier run with the same settings (params, corpus, folds) are
+kept, so a grid can be measured in parts: ``--sets compare --kinds cnn`` re-measures one
+pair and leaves the others.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pandas as pd
 from pipeline_speed import SHARED_RAVDESS, machine
 from sklearn.model_selection import StratifiedGroupKFold
 
+from ser.artifacts import write_json, write_with
 from ser.config import Params, load_params
 from ser.dataset import META_COLUMNS, matrix
 from ser.features import feature_names
@@ -147,6 +151,47 @@ def markdown(rows: list[dict[str, object]], info: dict[str, object]) -> str:
     return "\n".join(lines) + f"\n\n{about}\n"
 
 
+LINEAR_KNOBS = {
+    "model": {"input_clip", "C", "C_grid"},
+    "train": {"seed", "class_weights", "refit_on_val"},
+}
+
+
+def settings(params: Params, corpus: Path, folds: int, kind: str) -> dict[str, object]:
+    """What the numbers of a row of ``kind`` depend on besides its feature set."""
+    shared = {"split": {"seed"}, "audio": True, "augment": True, "features": True}
+    own = LINEAR_KNOBS if kind != "cnn" else {"model": True, "train": True}
+    knobs = params.model_dump(
+        mode="json",
+        include=shared | own,
+        exclude={"features": {"sets", "workers", "cache_dir"}, "model": {"kind"}}
+        | ({"model": {"kind", "C", "C_grid"}} if kind == "cnn" else {}),
+    )
+    return {"corpus": str(corpus.resolve()), "folds": folds, "params": knobs}
+
+
+def previous_rows(path: Path, params: Params, corpus: Path, folds: int) -> list[dict[str, object]]:
+    """Rows of an earlier run measured with the settings of now (other pairs of the grid)."""
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())["rows"]
+    kept = [r for r in rows if r["settings"] == settings(params, corpus, folds, r["kind"])]
+    if len(kept) < len(rows):
+        log.info("%s: dropped %d row(s) measured with other settings", path, len(rows) - len(kept))
+    return kept
+
+
+def save(out: Path, rows: list[dict[str, object]], info: dict[str, object]) -> str:
+    """Write the table (.md) and everything behind it (.json) atomically; return the table."""
+    order = {(s, k): i for i, (s, k) in enumerate((s, k) for s in SETS for k in KINDS)}
+    rows = sorted(rows, key=lambda r: order[(r["features"], r["kind"])])
+    text = markdown(rows, info)
+    report = {"machine": info, "rows": rows}
+    write_json(out.with_suffix(".json"), report)
+    write_with(out.with_suffix(".md"), lambda path: path.write_text(text))
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=SHARED_RAVDESS, help="corpus folder")
@@ -176,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     folds = speaker_folds(manifest, args.folds, params.split.seed)
     table = feature_table(manifest, params)
 
-    rows = []
+    measured = {(s, k) for s in args.sets for k in args.kinds}
+    rows = [
+        row
+        for row in previous_rows(args.out.with_suffix(".json"), params, args.corpus, args.folds)
+        if (row["features"], row["kind"]) not in measured
+    ]
     for feature_set in args.sets:
         set_params = params.features.model_copy(update={"sets": [feature_set]})
         columns = feature_names(set_params)
@@ -186,16 +236,14 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(run_fold(table, columns, folds, index, kind, params))
                 log.info("%s %s fold %d: test UAR %.3f (val %.3f, %.0f s)", feature_set, kind,
                          index, results[-1].uar, results[-1].val_uar, results[-1].fit_seconds)  # fmt: skip
-            rows.append(aggregate(feature_set, kind, results))
+            about = {"settings": settings(params, args.corpus, args.folds, kind),
+                     "measured": machine()}  # fmt: skip
+            rows.append(aggregate(feature_set, kind, results) | about)
+            save(args.out, rows, info)  # a long grid keeps what it finished
 
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     info["benchmark_seconds"] = round(time.perf_counter() - started, 1)
-    text = markdown(rows, info)
-    print("\n" + text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(text)
-    report = {"machine": info, "params": params.model_dump(mode="json"), "rows": rows}
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    print("\n" + save(args.out, rows, info))
     return 0
 
 

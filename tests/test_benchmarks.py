@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from conftest import FAST_PARAMS, TINY_MODEL, _merge, project_env, run, write_ravdess_corpus
+from conftest import (
+    FAST_PARAMS,
+    TINY_MODEL,
+    _merge,
+    make_params,
+    project_env,
+    run,
+    write_ravdess_corpus,
+)
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from accuracy import speaker_folds  # noqa: E402
+from accuracy import previous_rows, settings, speaker_folds  # noqa: E402
 
 
 def speakers_frame(males: int, females: int) -> pd.DataFrame:
@@ -73,3 +81,33 @@ def test_a_small_grid_runs_end_to_end_on_generated_clips(tmp_path):
             assert not set(fold["val_speakers"]) & set(fold["test_speakers"])
     table = out.with_suffix(".md").read_text()
     assert "| egemaps | logreg |" in table and table in result.stdout + "\n"
+
+    # measuring one pair again keeps the other rows of the grid
+    again = [*command[:command.index("--sets")], "--sets", "seed", "--kinds", "logreg",
+             "--out", str(out)]  # fmt: skip
+    run(again, tmp_path, env=project_env(tmp_path))
+    rerun = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["features"], r["kind"]) for r in rerun["rows"]] == [
+        ("seed", "cnn"), ("seed", "logreg"), ("egemaps", "cnn"), ("egemaps", "logreg"),
+    ]  # fmt: skip
+    kept = {(r["features"], r["kind"]): r for r in rerun["rows"]}
+    assert kept["egemaps", "cnn"] == rows["egemaps", "cnn"]
+    assert kept["seed", "logreg"]["measured"] != rows["seed", "logreg"]["measured"]
+
+
+def test_rows_are_kept_while_what_they_depend_on_is_unchanged(tmp_path):
+    params = make_params()
+    rows = [
+        {"features": "seed", "kind": kind, "settings": settings(params, tmp_path, 5, kind)}
+        for kind in ("cnn", "logreg")
+    ]
+    report = tmp_path / "accuracy.json"
+    report.write_text(json.dumps({"rows": rows}))
+    assert previous_rows(report, params, tmp_path, 5) == rows
+    cnn_knob = make_params({"model": {"input_noise": 0.4}})
+    assert [r["kind"] for r in previous_rows(report, cnn_knob, tmp_path, 5)] == ["logreg"]
+    linear_knob = make_params({"model": {"C_grid": [0.1]}})
+    assert [r["kind"] for r in previous_rows(report, linear_knob, tmp_path, 5)] == ["cnn"]
+    feature_knob = make_params({"features": {"n_mels": 40}})
+    assert previous_rows(report, feature_knob, tmp_path, 5) == []
+    assert previous_rows(report, params, tmp_path, 4) == []
