@@ -229,3 +229,24 @@ def test_two_workers_share_one_study_budget(workspace: Path) -> None:
     assert numbers == list(range(len(numbers))), "lost trials"
     assert 6 <= len(trials) <= 7  # MaxTrialsCallback may let each racing worker start one more
     assert len({t.user_attrs["worker"] for t in trials}) == 2, "both processes ran trials"
+
+
+def test_optional_knobs_are_tuned_only_when_given_a_range() -> None:
+    base = parse_params({}).model
+    fixed = {
+        "filters_1": 64, "filters_2": 128, "filters_3": 256, "kernel_size": 3, "pool_size": 2,
+        "dense_1": 64, "dense_2": 16, "dropout": 0.3, "learning_rate": 1e-3, "batch_size": 32,
+    }  # fmt: skip
+    plain = tune.suggest(optuna.trial.FixedTrial(fixed), parse_params({}).tune.space, base)
+    assert (plain.input_noise, plain.l2, plain.select_k) == (base.input_noise, base.l2, None)
+    space = parse_params(
+        {"tune": {"space": {"input_noise": [0, 1], "l2": [1e-4, 1e-2], "select_k": [500, 1000]}}}
+    ).tune.space
+    trial = optuna.trial.FixedTrial({**fixed, "input_noise": 0.6, "l2": 3e-3, "select_k": 1000})
+    tuned = tune.suggest(trial, space, base)
+    assert (tuned.input_noise, tuned.l2, tuned.select_k) == (0.6, 3e-3, 1000)
+
+
+def test_an_l2_range_must_be_positive_for_its_log_scale() -> None:
+    with pytest.raises(ConfigError, match=r"tune\.space: Value error, l2 range must be positive"):
+        parse_params({"tune": {"space": {"l2": [0, 0.01]}}})

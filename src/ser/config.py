@@ -145,11 +145,23 @@ class SearchSpace(_Section):
     dropout: tuple[float, float] = (0.1, 0.6)
     learning_rate: tuple[float, float] = (2e-4, 3e-3)
     batch_size: PositiveInts = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    # optional: null leaves the model section's value untuned
+    input_noise: tuple[float, float] | None = None
+    l2: tuple[float, float] | None = None
+    select_k: PositiveInts | None = None
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> SearchSpace:
         _ordered_pair("dropout", self.dropout)
         _ordered_pair("learning_rate", self.learning_rate)
+        if self.input_noise is not None:
+            _ordered_pair("input_noise", self.input_noise)
+            if self.input_noise[0] < 0:
+                raise ValueError("input_noise range must not be negative")
+        if self.l2 is not None:
+            _ordered_pair("l2", self.l2)
+            if self.l2[0] <= 0:
+                raise ValueError("l2 range must be positive (it is sampled on a log scale)")
         if self.dropout[0] < 0 or self.dropout[1] >= 1:
             raise ValueError("dropout range must lie in [0, 1)")
         if self.learning_rate[0] <= 0:

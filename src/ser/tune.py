@@ -47,8 +47,16 @@ LINEAR_KEYS = {"kind", "C", "C_grid"}  # the CNN search ignores them; so does it
 def suggest(trial: optuna.Trial, space: SearchSpace, base: ModelParams) -> ModelParams:
     """The trial's hyperparameters; ``FixedTrial(best_params)`` rebuilds a chosen set."""
     choice = trial.suggest_categorical
+    optional = {}
+    if space.input_noise is not None:
+        optional["input_noise"] = trial.suggest_float("input_noise", *space.input_noise)
+    if space.l2 is not None:
+        optional["l2"] = trial.suggest_float("l2", *space.l2, log=True)
+    if space.select_k is not None:
+        optional["select_k"] = choice("select_k", space.select_k)
     return base.model_copy(
         update={
+            **optional,
             "filters": (
                 choice("filters_1", space.filters_1),
                 choice("filters_2", space.filters_2),
