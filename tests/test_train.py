@@ -26,6 +26,7 @@ from ser.train import (
     refit_network,
     run,
     train_model,
+    training_data,
 )
 
 HP = ModelParams(**TINY_MODEL)
@@ -204,6 +205,46 @@ def test_refit_of_a_linear_kind_keeps_the_chosen_c(table, kind):
     assert refitted.hp.C == chosen.hp.C and refitted.val == chosen.val
     scale = refitted.classifier.preprocessing["scale"]
     assert scale.n_samples_seen_ == len(train_rows) + len(val_rows)
+
+
+def test_without_mixup_keras_gets_the_arrays_and_class_weights():
+    y = np.eye(len(EMOTIONS), dtype=np.float32)[[0, 0, 0, 1, 2, 3, 4, 5, 6]]
+    x = np.random.default_rng(0).normal(size=(len(y), 5, 1)).astype(np.float32)
+    data = training_data(x, y, HP, PARAMS)
+    assert data["x"] is x and data["y"] is y and data["shuffle"]
+    assert data["class_weight"] == class_weights(y.argmax(axis=1))
+
+
+def test_mixup_blends_inputs_labels_and_weights_with_one_share_per_row():
+    labels = np.array([0, 0, 0, 0, 1, 2, 3, 4, 5, 6] * 3)
+    y = np.eye(len(EMOTIONS), dtype=np.float32)[labels]
+    x = y[..., np.newaxis].copy()  # inputs equal to labels: any mismatch in blending shows
+    params = make_params({"train": {"mixup_alpha": 0.4}})
+    data = training_data(x, y, HP.model_copy(update={"batch_size": 8}), params)
+    per_class = class_weights(labels)
+    weight_of = np.array([per_class[c] for c in range(len(EMOTIONS))], np.float32)
+    batches = list(data["x"].as_numpy_iterator())
+    assert sum(len(inputs) for inputs, _, _ in batches) == len(x)
+    mixed = 0
+    for inputs, targets, weights in batches:
+        np.testing.assert_allclose(inputs[..., 0], targets, atol=1e-6)
+        np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+        assert np.all(targets >= 0)
+        # a row's weight is its two classes' weights blended with the labels' shares
+        np.testing.assert_allclose(weights, targets @ weight_of, rtol=1e-5)
+        mixed += int(np.sum(targets.max(axis=1) < 0.99))
+    assert mixed > len(x) // 4  # most rows are blends, not originals
+
+
+def test_mixup_training_is_repeatable(table):
+    train_rows, val_rows = select(table, "train", with_augmented=True), select(table, "val")
+    params = make_params({"train": {"epochs": 3, "mixup_alpha": 0.4}})
+    first, _ = fit(train_rows, val_rows, HP, params)
+    second, _ = fit(train_rows, val_rows, HP, params)
+    for mine, theirs in zip(
+        first.estimator.get_weights(), second.estimator.get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(mine, theirs)
 
 
 def test_missing_hyperparameters_say_what_to_run(tmp_path):

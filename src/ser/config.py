@@ -126,6 +126,7 @@ class TrainParams(_Section):
     reduce_lr_patience: int = Field(5, ge=1)
     reduce_lr_factor: float = Field(0.5, gt=0, lt=1)
     class_weights: bool = True
+    mixup_alpha: float = Field(0.0, ge=0)
     refit_on_val: bool = False
 
 

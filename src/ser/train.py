@@ -103,6 +103,41 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
 
 
+def training_data(
+    x: np.ndarray, y: np.ndarray, hp: ModelParams, params: Params
+) -> dict[str, object]:
+    """Keras ``fit`` arguments for the training rows, shuffled every epoch.
+
+    With ``train.mixup_alpha`` > 0, each batch is mixed with a shuffled copy of itself
+    (mixup: inputs, one-hot labels and class weights blended with a Beta(alpha, alpha)
+    share per row), a regulariser that suits small corpora of few speakers.
+    """
+    t = params.train
+    weights = class_weights(y.argmax(axis=1)) if t.class_weights else None
+    if t.mixup_alpha == 0:
+        return {"x": x, "y": y, "batch_size": hp.batch_size, "class_weight": weights,
+                "shuffle": True}  # fmt: skip
+    per_row = np.ones(len(y), np.float32)
+    if weights:
+        per_row = np.array([weights[c] for c in y.argmax(axis=1)], np.float32)
+
+    def mix(inputs: tf.Tensor, targets: tf.Tensor, row_weights: tf.Tensor) -> tuple:
+        rows = tf.shape(inputs)[0]
+        first = tf.random.gamma([rows], t.mixup_alpha)
+        share = first / (first + tf.random.gamma([rows], t.mixup_alpha))
+        partner = tf.random.shuffle(tf.range(rows))
+
+        def blend(values: tf.Tensor) -> tf.Tensor:
+            mixed = tf.reshape(share, [-1] + [1] * (len(values.shape) - 1))
+            return mixed * values + (1 - mixed) * tf.gather(values, partner)
+
+        return blend(inputs), blend(targets), blend(row_weights)
+
+    rows = tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32), per_row))
+    batches = rows.shuffle(len(x), seed=t.seed).batch(hp.batch_size).map(mix)
+    return {"x": batches, "shuffle": False}  # the dataset reshuffles itself every epoch
+
+
 def untrained_network(rows: pd.DataFrame, hp: ModelParams, params: Params) -> Classifier:
     """Preprocessing fitted on ``rows`` and a freshly initialised, compiled seed CNN."""
     make_deterministic(params.train.seed)
@@ -150,12 +185,10 @@ def fit(
         ),
         *extra_callbacks,
     ]  # fmt: skip
-    weights = class_weights(y_train.argmax(axis=1)) if t.class_weights else None
     history = classifier.estimator.fit(
-        x_train, y_train,
+        **training_data(x_train, y_train, hp, params),
         validation_data=(x_val, y_val),
-        epochs=t.epochs, batch_size=hp.batch_size,
-        class_weight=weights, callbacks=callbacks, shuffle=True, verbose=0,
+        epochs=t.epochs, callbacks=callbacks, verbose=0,
     )  # fmt: skip
     return classifier, history
 
@@ -176,12 +209,10 @@ def refit_network(
     epochs = best_epochs(history, params.train.monitor)
     rates = history.history["learning_rate"][:epochs]
     x, y = network_inputs(classifier, rows)
-    weights = class_weights(y.argmax(axis=1)) if params.train.class_weights else None
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch, _: float(rates[epoch]))
     classifier.estimator.fit(
-        x, y, epochs=epochs, batch_size=hp.batch_size,
-        class_weight=weights, callbacks=[schedule], shuffle=True, verbose=0,
-    )  # fmt: skip
+        **training_data(x, y, hp, params), epochs=epochs, callbacks=[schedule], verbose=0
+    )
     return classifier
 
 
