@@ -78,17 +78,21 @@ def timed_extraction(manifest: pd.DataFrame, params: Params, scratch: Path) -> t
 
 
 def measure_extraction(manifest: pd.DataFrame, params: Params, scratch: Path) -> list[Row]:
-    """Cold-cache throughput: originals with 1 and 2 workers, then the full preprocess."""
+    """Cold-cache throughput: seed-set originals with 1 and 2 workers, the sets of params.yaml,
+    then the full preprocess."""
     # librosa's lazy imports (effects, feature -> scipy.signal) cost seconds once per
     # process; paid here, the forked workers inherit them and the rates are steady-state
     warm_up, _ = timed_extraction(manifest[manifest["split"] == "train"].head(2), params, scratch)
     rows = [Row("first 2 clips in a process (lazy imports)", warm_up, "s")]
     originals = with_changes(params, "augment", copies=[])
-    for workers in (1, 2):
-        changed = with_changes(originals, "features", workers=workers)
+    runs = [(["seed"], 1, ""), (["seed"], 2, ">= 200")]  # the target is the seed set's
+    if params.features.sets != ["seed"]:
+        runs.append((params.features.sets, params.features.workers, ""))
+    for sets, workers, target in runs:
+        changed = with_changes(originals, "features", workers=workers, sets=sets)
         seconds, _ = timed_extraction(manifest, changed, scratch)
-        log.info("originals, %d worker(s): %.1f s for %d clips", workers, seconds, len(manifest))
-        name, target = f"extract originals, {workers} worker(s)", ">= 200" if workers == 2 else ""
+        log.info("%s originals, %d worker(s): %.1f s", "+".join(sets), workers, seconds)
+        name = f"extract {'+'.join(sets)} originals, {workers} worker(s)"
         rows.append(Row(name, len(manifest) / seconds, "clips/s", target))
     seconds, vectors = timed_extraction(manifest, params, scratch)
     log.info("with augmentation: %d rows of %d clips in %.1f s", vectors, len(manifest), seconds)
