@@ -77,7 +77,7 @@ def ravdess_corpus(tmp_path: Path) -> Path:
 
 FAST_PARAMS = {
     "augment": {"copies": [["noise"]]},
-    "features": {"workers": 1, "n_mels": 32, "n_mfcc": 13},
+    "features": {"sets": ["seed"], "workers": 1, "n_mels": 32, "n_mfcc": 13},
     "model": {"batch_size": 16},
     "train": {"epochs": 3, "early_stopping_patience": 2},
     "split": {"val_fraction": 0.2, "test_fraction": 0.2},

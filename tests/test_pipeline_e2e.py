@@ -11,22 +11,26 @@ import csv
 import json
 from pathlib import Path
 
+import keras
 import mlflow
 import pytest
 import yaml
-from conftest import make_project_repo, run, write_ravdess_corpus
+from conftest import PROJECT_ROOT, make_project_repo, run, write_ravdess_corpus
 
 from ser import EMOTIONS
+from ser.config import load_params
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project repository with 84 generated clips (6 speakers) after `dvc repro`."""
+    """A project repository with 84 generated clips (6 speakers) after `dvc repro`,
+    on the default feature set (ComParE, so the CNN sees the selected 1,000 features)."""
     corpus = tmp_path_factory.mktemp("corpus")
     write_ravdess_corpus(corpus)
-    repository = make_project_repo(tmp_path_factory.mktemp("e2e") / "repo", corpus)
+    default_sets = {"features": {"sets": load_params(PROJECT_ROOT / "params.yaml").features.sets}}
+    repository = make_project_repo(tmp_path_factory.mktemp("e2e") / "repo", corpus, default_sets)
     run(["dvc", "repro"], repository)
     return repository
 
@@ -60,6 +64,9 @@ def test_metrics_and_outputs(repo):
     assert sorted(p.name for p in (repo / "models").iterdir()) == sorted(
         ["model.keras", "preprocessing.joblib", "feature_config.json", "mlflow_run.json"]
     )
+    network = keras.models.load_model(repo / "models/model.keras", compile=False)
+    assert network.input_shape == (None, 1000, 1)  # model.select_k of the 6,373 ComParE features
+    assert train["refit_rows"] == train["train_rows"] + report["splits"]["val"]["clips"]
     assert (repo / "tuning/hyperparams.json").is_file()
     assert (repo / "tuning/study/trials.csv").is_file()
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
