@@ -108,9 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("mlflow", "alembic", "absl", "h5py", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from ser import remote
-    from ser.classifier import ModelError
     from ser.data import DataError
     from ser.split import SplitError
+
+    expected = [ConfigError, DataError, SplitError, FileNotFoundError, remote.RemoteError]
+    if args.command in ("evaluate", "predict"):  # they load models/ (and TensorFlow) anyway
+        from ser.classifier import ModelError
+
+        expected.append(ModelError)
 
     try:
         if args.command == "data":
@@ -123,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             _tune(args)
         else:
             _stage(args.command, args.params)
-    except (
-        ConfigError, DataError, SplitError, ModelError, FileNotFoundError, remote.RemoteError
-    ) as error:  # fmt: skip
+    except tuple(expected) as error:
         log.error("%s", error)
         return 2
     return 0
