@@ -14,6 +14,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
@@ -66,13 +67,17 @@ def scores(classifier: Classifier, rows: pd.DataFrame, prefix: str = "") -> dict
     }
 
 
-def fit_estimator(rows: pd.DataFrame, hp: ModelParams, params: Params) -> Classifier:
-    """Preprocessing and one estimator of kind ``hp.kind`` with ``hp.C``, fitted on ``rows``."""
+def fit_estimator(
+    rows: pd.DataFrame, hp: ModelParams, params: Params, preprocessing: Pipeline | None = None
+) -> Classifier:
+    """One estimator of kind ``hp.kind`` with ``hp.C`` fitted on ``rows``, with the
+    preprocessing given (already fitted on ``rows``) or fitted here."""
     columns = feature_columns(rows)
     values = matrix(rows, columns)
     encoder = label_encoder()
     labels = encoder.transform(rows[["label"]].to_numpy()).argmax(axis=1)
-    preprocessing = fit_preprocessing(values, labels, hp)
+    if preprocessing is None:
+        preprocessing = fit_preprocessing(values, labels, hp)
     speakers = rows["speaker"].to_numpy()
     estimator = make_estimator(hp, params.train.class_weights, params.train.seed, speakers)
     classifier = Classifier(
@@ -92,11 +97,14 @@ def fit_linear(
     the columns of the CNN's training curve (``epoch`` numbers the candidates, in
     increasing C; ties go to the smaller C, the stronger regularisation).
     """
+    labels = label_encoder().transform(train_rows[["label"]].to_numpy()).argmax(axis=1)
+    values = matrix(train_rows, feature_columns(train_rows))
+    preprocessing = fit_preprocessing(values, labels, hp)  # the same for every C
     best: tuple[Classifier, ModelParams, float] | None = None
     curve = []
     for step, c in enumerate(sorted(hp.C_grid) or [hp.C], start=1):
         candidate = hp.model_copy(update={"C": c})
-        classifier = fit_estimator(train_rows, candidate, params)
+        classifier = fit_estimator(train_rows, candidate, params, preprocessing)
         row = {
             "epoch": step,
             **scores(classifier, train_rows),
