@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import soundfile
 from conftest import SAMPLE_RATE, noise, tone, write_audio
 
 from ser.audio import (
@@ -151,5 +154,49 @@ def test_file_without_frames_is_bad_audio(tmp_path):
 
 
 def test_missing_file_is_bad_audio(tmp_path):
-    with pytest.raises(BadAudio, match="not readable audio"):
+    with pytest.raises(BadAudio, match=r"^no such file or directory$"):
         decode(tmp_path / "nowhere.wav")
+
+
+@pytest.mark.timeout(10)
+def test_fifo_is_not_read(tmp_path):
+    fifo = tmp_path / "x.wav"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(BadAudio, match=r"^not a regular file$"):
+        load_clip(fifo, AudioParams())
+
+
+@pytest.mark.parametrize("trim_top_db", [30.0, None])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_bad_audio(tmp_path, bad, trim_top_db):
+    signal = tone(1.0)
+    signal[::4000] = bad
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, signal, SAMPLE_RATE, subtype="FLOAT")  # the one format that keeps NaN
+    with pytest.raises(BadAudio, match=r"^non-finite samples \(NaN or Inf\)$"):
+        load_clip(path, AudioParams(trim_top_db=trim_top_db))
+
+
+def test_too_long_is_bad_audio_before_the_samples_are_read(tmp_path, monkeypatch):
+    path = write_audio(tmp_path / "clip.flac", noise(3.0))
+    monkeypatch.setattr(soundfile.SoundFile, "read", lambda *_, **__: pytest.fail("read"))
+    with pytest.raises(BadAudio, match=r"^too long: 3\.0 s \(audio\.max_duration is 2\.0 s\)$"):
+        load_clip(path, AudioParams(max_duration=2.0))
+
+
+def test_no_max_duration_keeps_long_clips(tmp_path):
+    path = write_audio(tmp_path / "clip.flac", noise(3.0))
+    assert abs(len(load_clip(path, AudioParams(max_duration=None))) - 3 * SAMPLE_RATE) <= 1024
+
+
+def test_odd_sample_rate_is_bad_audio(tmp_path):
+    path = write_audio(tmp_path / "clip.wav", tone(0.5, 300, sample_rate=4000), 4000)
+    with pytest.raises(BadAudio, match=r"odd sample rate 4000 Hz \(supported 8000-96000 Hz\)"):
+        load_clip(path, AudioParams())
+
+
+def test_any_channel_count_is_downmixed(tmp_path):
+    surround = np.stack([tone(0.8, 200 + 50 * k) for k in range(6)], axis=1)
+    out = load_clip(write_audio(tmp_path / "clip.wav", surround), AudioParams())
+    assert out.ndim == 1
+    assert abs(len(out) - 0.8 * SAMPLE_RATE) <= 1024

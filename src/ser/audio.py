@@ -13,25 +13,54 @@ from ser.config import AudioParams
 
 SILENCE_PEAK = 1e-4
 """A clip whose absolute peak stays below this is silent (about -80 dBFS)."""
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 96_000
 
 
 class BadAudio(ValueError):
     """The file cannot be used as speech; the message says why."""
 
 
-def decode(path: Path) -> tuple[np.ndarray, int]:
-    """Read a file as float32 frames x channels; raise BadAudio when unreadable or empty."""
+def require_regular_file(path: Path) -> None:
+    """Raise BadAudio unless ``path`` is a regular file: reading a FIFO or a device may never end."""
+    if not path.is_file():
+        raise BadAudio("not a regular file" if path.exists() else "no such file or directory")
+
+
+def check_header(frames: int, sample_rate: int, max_duration: float | None = None) -> None:
+    """Raise BadAudio for a file without frames, at an odd rate, or longer than ``max_duration`` s.
+
+    The one rule for the manifest and for decoding; any channel count is fine (``downmix``).
+    """
+    if frames <= 0:
+        raise BadAudio("empty: no audio frames")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise BadAudio(
+            f"odd sample rate {sample_rate} Hz (supported {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)"
+        )
+    if max_duration is not None and frames > max_duration * sample_rate:
+        raise BadAudio(
+            f"too long: {frames / sample_rate:.1f} s (audio.max_duration is {max_duration} s)"
+        )
+
+
+def decode(path: Path, max_duration: float | None = None) -> tuple[np.ndarray, int]:
+    """Read a file as float32 frames x channels; raise BadAudio when it cannot be used.
+
+    The header is checked before the samples are read, so a long file costs no memory.
+    """
+    require_regular_file(path)
     try:
-        samples, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(path) as file:
+            check_header(file.frames, file.samplerate, max_duration)
+            return file.read(dtype="float32", always_2d=True), file.samplerate
+    except BadAudio:
+        raise
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
         raise BadAudio(f"not readable audio ({error})") from None
-    if samples.shape[0] == 0:
-        raise BadAudio("empty: no audio frames")
-    return samples, sample_rate
 
 
 def downmix(samples: np.ndarray) -> np.ndarray:
-    """Average channels into mono."""
+    """Average any number of channels into mono."""
     return samples.mean(axis=1) if samples.ndim == 2 else samples
 
 
@@ -66,7 +95,9 @@ def normalise_loudness(signal: np.ndarray, target_dbfs: float) -> np.ndarray:
 
 
 def condition(samples: np.ndarray, sample_rate: int, params: AudioParams) -> np.ndarray:
-    """Downmix, resample, trim and normalise; raise BadAudio for silent or too-short speech."""
+    """Downmix, resample, trim and normalise; raise BadAudio for NaN or Inf, silence or too short."""
+    if not np.isfinite(samples).all():
+        raise BadAudio("non-finite samples (NaN or Inf)")
     signal = downmix(samples)
     if float(np.max(np.abs(signal))) < SILENCE_PEAK:
         raise BadAudio("silent: peak below -80 dBFS")
@@ -84,5 +115,5 @@ def condition(samples: np.ndarray, sample_rate: int, params: AudioParams) -> np.
 
 def load_clip(path: Path, params: AudioParams) -> np.ndarray:
     """Decode and condition one file into the mono signal features are computed on."""
-    samples, sample_rate = decode(path)
+    samples, sample_rate = decode(path, params.max_duration)
     return condition(samples, sample_rate, params)

@@ -11,13 +11,13 @@ import pandas as pd
 import soundfile
 from tqdm import tqdm
 
+from ser.audio import check_header, require_regular_file
 from ser.config import CorpusName
 from ser.corpora import UnsupportedClip, identify
 
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"})
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 96_000
 MANIFEST_COLUMNS = [
     "path", "corpus", "speaker", "sex", "label", "intensity",
     "duration", "sample_rate", "channels", "sha256",
@@ -40,21 +40,14 @@ def sha256_of(path: Path) -> str:
 def describe_clip(path: Path, corpora: list[CorpusName]) -> dict[str, object]:
     """One manifest row; raise UnsupportedClip or ValueError naming what is wrong."""
     info = identify(path, corpora)
+    require_regular_file(path)
     if path.stat().st_size == 0:
         raise ValueError("empty file")
     try:
         header = soundfile.info(path)
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise ValueError(f"not readable audio ({error})") from None
-    if header.frames <= 0:
-        raise ValueError("empty: no audio frames")
-    if not MIN_SAMPLE_RATE <= header.samplerate <= MAX_SAMPLE_RATE:
-        raise ValueError(
-            f"odd sample rate {header.samplerate} Hz "
-            f"(supported {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)"
-        )
-    if header.channels not in (1, 2):
-        raise ValueError(f"odd channel count {header.channels} (mono or stereo expected)")
+    check_header(header.frames, header.samplerate)
     return {
         "path": path.as_posix(),
         **asdict(info),
