@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
-from conftest import noise, tone, write_audio
+import soundfile
+from conftest import SAMPLE_RATE, noise, tone, write_audio
 
 from ser import EMOTIONS
 from ser.classifier import Classifier
@@ -90,7 +93,7 @@ def test_unusable_files_are_yielded_with_the_reason(clips, trained_model_dir, tm
     assert results[broken][0] is None
     assert "not readable audio" in results[broken][1]
     assert results[silent] == (None, "silent: peak below -80 dBFS")
-    assert results[missing][0] is None
+    assert results[missing] == (None, "no such file or directory")
 
 
 def test_command_prints_csv_and_exits_1_on_a_bad_file(clips, trained_model_dir, capsys, caplog):
@@ -108,3 +111,63 @@ def test_command_exits_0_when_every_file_is_usable(clips, trained_model_dir, cap
     _, good, _ = clips
     assert main(["predict", *map(str, good), "--json", "--model-dir", str(trained_model_dir)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(good)
+
+
+def test_a_folder_without_audio_fails_before_the_model_loads(tmp_path, capsys, caplog):
+    empty = tmp_path / "recordings"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not audio")
+    with caplog.at_level(logging.ERROR, logger="ser"):
+        code = main(["predict", str(empty), "--model-dir", str(tmp_path / "no-model")])
+    assert code == 2
+    assert f"{empty}: no audio files (.aif, .aiff, .flac, .mp3, .ogg, .wav)" in caplog.text
+    assert capsys.readouterr().out == ""
+
+
+def test_a_missing_path_is_named(clips, trained_model_dir, tmp_path, capsys, caplog):
+    _, good, _ = clips
+    missing = tmp_path / "typo.wav"
+    with caplog.at_level(logging.ERROR, logger="ser"):
+        code = main(["predict", str(missing), str(good[0]), "--model-dir", str(trained_model_dir)])
+    assert code == 1
+    assert f"{missing}: no such file or directory" in caplog.text
+    assert "System error" not in caplog.text
+    assert len(capsys.readouterr().out.splitlines()) == 2  # header and the good file
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_in_a_folder_is_skipped_not_read(clips, trained_model_dir, caplog):
+    folder, good, _ = clips
+    fifo = folder / "x.wav"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    out = io.StringIO()
+    with caplog.at_level(logging.ERROR, logger="ser"):
+        failures = write_predictions([folder], trained_model_dir, as_json=True, out=out)
+    assert failures == 2  # the FIFO and the broken file
+    assert f"{fifo}: not a regular file" in caplog.text
+    assert [json.loads(line)["path"] for line in out.getvalue().splitlines()] == [
+        str(p) for p in sorted(good)
+    ]
+
+
+@pytest.mark.parametrize("trim_top_db", [30.0, None])
+def test_hostile_content_is_skipped_with_the_reason(trained_model_dir, tmp_path, trim_top_db):
+    classifier = Classifier.load(trained_model_dir)
+    audio = classifier.audio.model_copy(update={"trim_top_db": trim_top_db, "max_duration": 2.0})
+    classifier = dataclasses.replace(classifier, audio=audio)
+    nan, inf = tone(0.8), tone(0.8)
+    nan[100], inf[::1000] = np.nan, np.inf
+    for name, signal in {"nan.wav": nan, "inf.wav": inf}.items():
+        soundfile.write(tmp_path / name, signal, SAMPLE_RATE, subtype="FLOAT")
+    long = write_audio(tmp_path / "long.flac", noise(2.5))
+    surround = write_audio(tmp_path / "surround.wav", np.stack([tone(0.8, 300)] * 6, axis=1))
+    results = {
+        path.name: (label, reason)
+        for path, label, reason in predict_files(
+            [tmp_path / "nan.wav", tmp_path / "inf.wav", long, surround], classifier
+        )
+    }
+    assert results["nan.wav"] == (None, "non-finite samples (NaN or Inf)")
+    assert results["inf.wav"] == (None, "non-finite samples (NaN or Inf)")
+    assert results["long.flac"] == (None, "too long: 2.5 s (audio.max_duration is 2.0 s)")
+    assert results["surround.wav"][0] in EMOTIONS  # six channels are downmixed, as in training

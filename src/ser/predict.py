@@ -23,10 +23,17 @@ log = logging.getLogger(__name__)
 
 
 def audio_files(inputs: Iterable[Path]) -> Iterator[Path]:
-    """The given files, and the audio files found by walking the given folders."""
+    """The given files, and the audio files found by walking the given folders.
+
+    Raise FileNotFoundError naming a folder that holds no audio file.
+    """
     for item in inputs:
         if item.is_dir():
-            yield from sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                suffixes = ", ".join(sorted(AUDIO_SUFFIXES))
+                raise FileNotFoundError(f"{item}: no audio files ({suffixes})")
+            yield from found
         else:
             yield item
 
@@ -78,12 +85,13 @@ def write_predictions(
 ) -> int:
     """Print one CSV line (or JSON object) per file to ``out`` (default stdout); return failures."""
     out = out or sys.stdout
+    files = list(audio_files(inputs))  # an empty folder fails before the model loads
     classifier = Classifier.load(model_dir)
     writer = csv.writer(out)
     if not as_json:
         writer.writerow(["path", "label", *classifier.classes])
     failures = 0
-    for path, label, result in predict_files(inputs, classifier):
+    for path, label, result in predict_files(files, classifier):
         if label is None:
             failures += 1
             log.error("%s: %s", path, result)
