@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -91,18 +94,62 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
+COMMAND_TIMEOUT = 600.0
+"""Seconds one command of a test may take: generous, the slowest (`dvc repro` of a tiny project) takes a minute or two."""
+
+
 def run(
-    command: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = COMMAND_TIMEOUT,
+    output: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run a command in ``cwd`` with the project's virtual environment first on PATH."""
-    result = subprocess.run(
-        command, cwd=cwd, env=env or project_env(cwd), capture_output=True, text=True
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    """Run a command in ``cwd`` with the project's virtual environment first on PATH.
+
+    Its stdout and stderr are captured, or written to the file ``output`` instead: a command
+    that leaves a daemon behind (`dvc queue start`) must not be given pipes, which the daemon
+    would hold open. The command runs in its own process group, killed after ``timeout``
+    seconds (or on any interruption); a timeout fails the test naming the command.
+    """
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(output.open("w")) if output else subprocess.PIPE
+        process = stack.enter_context(
+            subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env or project_env(cwd),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT if output else subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
         )
-    return result
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException as error:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            if not isinstance(error, subprocess.TimeoutExpired):
+                raise
+            so_far = (
+                output.read_text()
+                if output
+                else b"\n".join(filter(None, (error.stdout, error.stderr))).decode(errors="replace")
+            )
+            raise AssertionError(
+                f"`{shlex.join(command)}` in {cwd} timed out after {timeout:g} s and was killed; "
+                f"the end of its output:\n{so_far[-3000:]}"
+            ) from None
+    if output:
+        stdout, stderr = output.read_text(), ""
+    if check and process.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} failed ({process.returncode}):\n{stdout}\n{stderr}"
+        )
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def project_env(repo: Path) -> dict[str, str]:

@@ -105,6 +105,7 @@ def test_dag_file_does_not_import_the_ml_stack():
         text=True,
         check=True,
         env={**os.environ, "PYTHONPATH": ""},
+        timeout=120,
     )
     assert result.stdout.strip().splitlines()[-1] == "[]"
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import mlflow
 import pytest
 from conftest import run
+
+QUEUE_DEADLINE = 420
+"""Seconds both queued experiments of the tiny project may take (together a minute or two on two cores)."""
+WORKER_FILES = Path(".dvc", "tmp", "exps", "celery")
+"""Where dvc-task keeps each queue worker's pid and exit code (``*.json``) and log (``*.out``)."""
 
 
 def _experiments(repo) -> dict[str, dict]:
@@ -24,6 +34,69 @@ def _experiments(repo) -> dict[str, dict]:
     return found
 
 
+@contextmanager
+def queue_worker(repo: Path) -> Iterator[None]:
+    """`dvc queue start -j 1` in ``repo``, and the worker stopped on the way out, whatever happened.
+
+    The worker is a daemon that keeps the start command's stdout and stderr, so they go to a
+    file, not to pipes the test would wait on. It exits only when dvc-task's monitor thread
+    finds the queue empty, and that thread can die of a JSONDecodeError (kombu's filesystem
+    transport reads a message before it is written; dvc issues 10398 and 10428), so the
+    worker is told to stop and, failing that, its process group is killed.
+    """
+    run(
+        ["dvc", "queue", "start", "-j", "1"], repo, output=repo / ".dvc" / "tmp" / "queue-start.log"
+    )
+    try:
+        yield
+    finally:
+        run(["dvc", "queue", "stop", "--kill"], repo, check=False, timeout=120)
+        _kill_leftover_workers(repo)
+
+
+def _kill_leftover_workers(repo: Path, grace: float = 30) -> None:
+    """SIGKILL the process group of each queue worker of ``repo`` still running after ``grace`` s."""
+    workers = (repo / WORKER_FILES).glob("dvc-exp-worker-*.json")
+    infos = [json.loads(worker.read_text()) for worker in workers]
+    pids = [info["pid"] for info in infos if info.get("returncode") is None]
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _alive(pid)]
+        time.sleep(1)
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            group = os.getpgid(pid)
+            if group == os.getpgrp():  # never the test's own group
+                os.kill(pid, signal.SIGKILL)
+            else:
+                os.killpg(group, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_for_queue(repo: Path, seconds: float) -> str:
+    """Poll `dvc queue status` until no task is queued or running; its last output."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status = run(["dvc", "queue", "status"], repo, timeout=120).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        if time.monotonic() > deadline:
+            worker_log = "\n".join(
+                log.read_text()[-3000:] for log in (repo / WORKER_FILES).glob("*.out")
+            )
+            raise AssertionError(
+                f"queued experiments unfinished after {seconds:g} s:\n{status}\n{worker_log}"
+            )
+        time.sleep(5)
+
+
 @pytest.mark.slow
 def test_queued_experiments_are_compared_in_dvc_and_mlflow(project_repo) -> None:
     repo = project_repo()
@@ -33,13 +106,8 @@ def test_queued_experiments_are_compared_in_dvc_and_mlflow(project_repo) -> None
 
     run(["dvc", "exp", "run", "--queue", "-n", "short", "-S", "train.epochs=1"], repo)
     run(["dvc", "exp", "run", "--queue", "-n", "longer", "-S", "train.epochs=4"], repo)
-    run(["dvc", "queue", "start", "-j", "1"], repo)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
+    with queue_worker(repo):
+        status = _wait_for_queue(repo, QUEUE_DEADLINE)
     assert "Failed" not in status, run(["dvc", "queue", "logs", "short"], repo, check=False).stdout
 
     experiments = _experiments(repo)

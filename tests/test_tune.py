@@ -208,7 +208,7 @@ def test_killed_tune_resumes_with_its_finished_trials(workspace: Path) -> None:
         if study_started and len(finished(storage)) >= 1:
             break
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.wait(timeout=60)
     before = {t.number: t.params for t in finished(storage)}
     assert 1 <= len(before) < 4
 
