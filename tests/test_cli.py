@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
+import numpy as np
+import pandas as pd
 import pytest
+import soundfile
 import yaml
-from conftest import PROJECT_ROOT, project_env, run, tone, write_audio, write_ravdess_corpus
+from conftest import (
+    FAST_PARAMS,
+    PROJECT_ROOT,
+    SAMPLE_RATE,
+    noise,
+    project_env,
+    run,
+    tone,
+    write_audio,
+    write_ravdess_corpus,
+)
 
 from ser.classifier import Classifier
 from ser.cli import STAGES, build_parser, main
@@ -59,6 +74,36 @@ def test_too_few_speakers_fail_with_a_message(workspace, caplog):
         assert main(["preprocess"]) == 2
     assert "2 speaker(s) cannot fill train, val and test" in caplog.text
     assert not (workspace / "data" / "processed").exists()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("trim_top_db", [30.0, None])
+def test_preprocess_skips_hostile_files_naming_each(mlflow_workspace, trim_top_db):
+    raw = mlflow_workspace / "data" / "raw" / "ravdess"
+    write_ravdess_corpus(raw, actors=6, takes=1)
+    hostile = raw / "hostile"  # RAVDESS names, statement 02: each would be a new clip
+    hostile.mkdir()
+    nan, inf = tone(0.8), tone(0.8)
+    nan[100], inf[::1000] = np.nan, np.inf
+    soundfile.write(hostile / "03-01-03-01-02-01-01.wav", nan, SAMPLE_RATE, subtype="FLOAT")
+    soundfile.write(hostile / "03-01-04-01-02-01-02.wav", inf, SAMPLE_RATE, subtype="FLOAT")
+    write_audio(hostile / "03-01-05-01-02-01-03.flac", noise(3.0))
+    os.mkfifo(hostile / "03-01-06-01-02-01-04.wav")
+    write_audio(hostile / "03-01-07-01-02-01-05.wav", np.stack([tone(0.8, 300)] * 6, axis=1))
+    params = {**FAST_PARAMS, "audio": {"trim_top_db": trim_top_db, "max_duration": 2.0}}
+    (mlflow_workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["preprocess"]) == 0
+    report = json.loads((mlflow_workspace / "reports" / "preprocess.json").read_text())
+    reasons = {p["path"].rsplit("/", 1)[1]: p["reason"] for p in report["problems"]}
+    assert reasons == {
+        "03-01-03-01-02-01-01.wav": "non-finite samples (NaN or Inf)",
+        "03-01-04-01-02-01-02.wav": "non-finite samples (NaN or Inf)",
+        "03-01-05-01-02-01-03.flac": "too long: 3.0 s (audio.max_duration is 2.0 s)",
+        "03-01-06-01-02-01-04.wav": "not a regular file",
+    }  # and the six-channel file is a clip like any other
+    manifest = pd.read_parquet(mlflow_workspace / "data" / "processed" / "manifest.parquet")
+    surround = manifest[manifest["path"].str.endswith("hostile/03-01-07-01-02-01-05.wav")]
+    assert surround["channels"].tolist() == [6]
 
 
 def test_predict_without_a_model_says_so(workspace, caplog):
