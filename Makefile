@@ -35,10 +35,10 @@ mlflow-ui: install  ## browse runs of the embedded store at http://127.0.0.1:500
 benchmark: install  ## speed figures on the shared RAVDESS (see README)
 	python benchmarks/pipeline_speed.py
 
+# fusion's row also scores its members (the spectrogram CNN and logreg on ComParE) alone;
 # linear_svm on ComParE is left out: its calibrated fit takes over 10 minutes a fold (README)
-benchmark-accuracy: install  ## grouped k-fold CV by speaker, feature sets x model kinds (see README)
-	python benchmarks/accuracy.py --kinds cnn logreg
-	python benchmarks/accuracy.py --sets seed egemaps --kinds linear_svm
+benchmark-accuracy: install  ## grouped k-fold CV by speaker, model kinds x feature sets (see README)
+	python benchmarks/accuracy.py --sets compare --kinds fusion seed_cnn logreg
 
 .PHONY: push pull
 

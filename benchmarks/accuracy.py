@@ -2,17 +2,16 @@
 
 The speakers are dealt into ``--folds`` folds, both sexes in each. Fold i is the test
 fold, touched once to score; fold i+1 holds the validation speakers, which make every
-choice (early stopping and the learning-rate schedule of the CNN, C of the linear
-models); the remaining folds train. Augmented copies are made for training clips only,
-as in the pipeline. Every (feature set, model kind) pair of the grid is trained with
-the model and train sections of params.yaml (``train.refit_on_val`` included), so the
-``cnn`` row of the default feature set is the default pipeline; the linear kinds always
-see every feature of the set (``model.select_k`` is a CNN knob here). No tuning, no
-test-speaker statistics.
+choice (early stopping and the learning-rate schedule of the seed CNN, C of the linear
+models, the fusion weight); the remaining folds train. Augmented copies are made for
+training clips only, as in the pipeline. Every (feature set, model kind) pair of the
+grid is trained with params.yaml as it is (``train.refit_on_val`` included), so the
+row of the default kind and feature set is the default pipeline. The fusion row also
+scores its two members alone. No tuning, no test-speaker statistics.
 
 Prints a table and writes it, with per-fold numbers, to ``--out`` (.md and .json) after
 each pair. Rows of an earlier run with the same settings (params, corpus, folds) are
-kept, so a grid can be measured in parts: ``--sets compare --kinds cnn`` re-measures one
+kept, so a grid can be measured in parts: ``--sets compare --kinds seed_cnn`` re-measures one
 pair and leaves the others.
 """
 
@@ -32,19 +31,24 @@ import pandas as pd
 from pipeline_speed import SHARED_RAVDESS, machine
 from sklearn.model_selection import StratifiedGroupKFold
 
+from ser import EMOTIONS, ORIGINAL
 from ser.artifacts import write_json, write_with
 from ser.config import Params, load_params
-from ser.dataset import META_COLUMNS, matrix
+from ser.dataset import FRAMES_COLUMN, META_COLUMNS
 from ser.features import feature_names
-from ser.featurize import ORIGINAL, extract_features
+from ser.featurize import extract_features
 from ser.manifest import scan
-from ser.metrics import summary
+from ser.metrics import summary, uar
+from ser.models import KINDS as REGISTERED
+from ser.models import kind_named
+from ser.models.base import CLIP, FRAMES, label_indices
+from ser.models.fusion import Fusion
 from ser.train import train_model
 
 log = logging.getLogger("benchmark")
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("cnn", "logreg", "linear_svm")
+KINDS = tuple(REGISTERED)
 SETS = ("seed", "egemaps", "compare")
 
 
@@ -59,6 +63,7 @@ class FoldResult:
     val_uar: float
     fit_seconds: float
     predict_ms_per_clip: float
+    members_uar: dict[str, float]  # a fusion's members scored alone on the same test fold
 
 
 def speaker_folds(manifest: pd.DataFrame, n_folds: int, seed: int) -> list[list[str]]:
@@ -76,13 +81,13 @@ def speaker_folds(manifest: pd.DataFrame, n_folds: int, seed: int) -> list[list[
 
 def feature_table(manifest: pd.DataFrame, params: Params) -> pd.DataFrame:
     """Features of every clip and of one augmented copy per recipe (used for training only)."""
-    every_clip_augmented = manifest.assign(split="train")
-    table, failures, stats = extract_features(every_clip_augmented, params)
+    extracted = extract_features(manifest.assign(split="train"), params)
     log.info(
         "features: %d rows, %d clips extracted in %.0f s, %d failed",
-        len(table), stats.computed_clips, stats.seconds, len(failures),
+        len(extracted.table), extracted.stats.computed_clips, extracted.stats.seconds,
+        len(extracted.errors),
     )  # fmt: skip
-    return table
+    return extracted.table.assign(**{FRAMES_COLUMN: extracted.frames})
 
 
 def run_fold(
@@ -94,25 +99,29 @@ def run_fold(
     split = np.where(
         table["speaker"].isin(test), "test", np.where(table["speaker"].isin(val), "val", "train")
     )
-    rows = table[[*META_COLUMNS, *columns]].assign(split=split)
+    rows = table[[*META_COLUMNS, *columns, FRAMES_COLUMN]].assign(split=split)
     original = rows["augmentation"] == ORIGINAL
     train_rows = rows[rows["split"] == "train"].reset_index(drop=True)
     val_rows = rows[(rows["split"] == "val") & original].reset_index(drop=True)
     test_rows = rows[(rows["split"] == "test") & original].reset_index(drop=True)
 
-    hp = params.model.model_copy(update={"kind": kind})
-    if kind != "cnn":
-        hp = hp.model_copy(update={"select_k": None})
+    params = params.model_copy(update={"model": params.model.model_copy(update={"kind": kind})})
     started = time.perf_counter()
-    trained = train_model(train_rows, val_rows, hp, params)
+    trained = train_model(train_rows, val_rows, params)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    predicted = trained.classifier.predict(matrix(test_rows, columns))
+    probabilities = trained.model.predict_proba(test_rows)
     predict_seconds = time.perf_counter() - started
-    scores = summary(test_rows["label"].tolist(), predicted)
+    scores = summary(test_rows["label"].tolist(), [EMOTIONS[i] for i in probabilities.argmax(1)])
+    members = {}
+    if isinstance(trained.model, Fusion):
+        truth = label_indices(test_rows)
+        for name, member in (("spectrogram_cnn", trained.model.network),
+                             ("logreg", trained.model.linear)):  # fmt: skip
+            members[name] = uar(truth, member.predict_proba(test_rows).argmax(axis=1))
     return FoldResult(
         index, test, val, scores["uar"], scores["accuracy"], scores["macro_f1"],
-        trained.val["uar"], fit_seconds, 1000 * predict_seconds / len(test_rows),
+        trained.val["uar"], fit_seconds, 1000 * predict_seconds / len(test_rows), members,
     )  # fmt: skip
 
 
@@ -130,6 +139,11 @@ def aggregate(feature_set: str, kind: str, results: list[FoldResult]) -> dict[st
         "val_uar": float(column("val_uar").mean()),
         "fit_seconds": float(column("fit_seconds").mean()),
         "predict_ms_per_clip": float(column("predict_ms_per_clip").mean()),
+        "members_uar": {
+            name: [float(np.mean(scores)), float(np.std(scores))]
+            for name in results[0].members_uar
+            for scores in [[r.members_uar[name] for r in results]]
+        },
         "folds": [asdict(r) for r in results],
     }
 
@@ -147,25 +161,30 @@ def markdown(rows: list[dict[str, object]], info: dict[str, object]) -> str:
             f"{100 * r['macro_f1']:.1f} % | {100 * r['val_uar']:.1f} % | "
             f"{r['fit_seconds']:.0f} | {r['predict_ms_per_clip']:.2f} |"
         )
+    for r in rows:
+        for name, (mean, std) in r.get("members_uar", {}).items():
+            lines.append(
+                f"\n{r['kind']} on {r['features']}: its member {name} alone scored "
+                f"{100 * mean:.1f} ± {100 * std:.1f} % UAR on the same test folds."
+            )
     about = ", ".join(f"{k}: {v}" for k, v in info.items())
     return "\n".join(lines) + f"\n\n{about}\n"
 
 
-LINEAR_KNOBS = {
-    "model": {"input_clip", "C", "C_grid"},
-    "train": {"seed", "class_weights", "refit_on_val"},
-}
+MEMBER_SECTIONS = {"fusion": ("spectrogram_cnn", "linear")}
 
 
 def settings(params: Params, corpus: Path, folds: int, kind: str) -> dict[str, object]:
     """What the numbers of a row of ``kind`` depend on besides its feature set."""
-    shared = {"split": {"seed"}, "audio": True, "augment": True, "features": True}
-    own = LINEAR_KNOBS if kind != "cnn" else {"model": True, "train": True}
+    registered = kind_named(kind)
+    sections = {"split": {"seed"}, "audio": True, "augment": True, "train": True}
+    sections |= {name: True for name in (registered.section, *MEMBER_SECTIONS.get(kind, ()))}
+    if CLIP in registered.inputs:
+        sections |= {"features": True, "preprocessing": True}
+    if FRAMES in registered.inputs:
+        sections |= {"frames": True}
     knobs = params.model_dump(
-        mode="json",
-        include=shared | own,
-        exclude={"features": {"sets", "workers", "cache_dir"}, "model": {"kind"}}
-        | ({"model": {"kind", "C", "C_grid"}} if kind == "cnn" else {}),
+        mode="json", include=sections, exclude={"features": {"sets", "workers", "cache_dir"}}
     )
     return {"corpus": str(corpus.resolve()), "folds": folds, "params": knobs}
 
@@ -175,7 +194,10 @@ def previous_rows(path: Path, params: Params, corpus: Path, folds: int) -> list[
     if not path.is_file():
         return []
     rows = json.loads(path.read_text())["rows"]
-    kept = [r for r in rows if r["settings"] == settings(params, corpus, folds, r["kind"])]
+    kept = [
+        r for r in rows
+        if r["kind"] in KINDS and r["settings"] == settings(params, corpus, folds, r["kind"])
+    ]  # fmt: skip
     if len(kept) < len(rows):
         log.info("%s: dropped %d row(s) measured with other settings", path, len(rows) - len(kept))
     return kept
@@ -206,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for noisy in ("mlflow", "absl", "numba", "ser.train"):
+    for noisy in ("mlflow", "absl", "numba", "ser.train", "ser.models.base"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.perf_counter()
     info = machine() | {"corpus": str(args.corpus), "folds": args.folds}

@@ -81,7 +81,9 @@ def ravdess_corpus(tmp_path: Path) -> Path:
 FAST_PARAMS = {
     "augment": {"copies": [["noise"]]},
     "features": {"sets": ["seed"], "workers": 1, "n_mels": 32, "n_mfcc": 13},
-    "model": {"batch_size": 16},
+    "frames": {"n_mels": 16, "max_frames": 64},
+    "spectrogram_cnn": {"channels": [8, 16], "epochs": 3, "batch_size": 16},
+    "seed_cnn": {"batch_size": 16},
     "train": {"epochs": 3, "early_stopping_patience": 2},
     "split": {"val_fraction": 0.2, "test_fraction": 0.2},
 }
@@ -214,8 +216,9 @@ def project_repo(tmp_path: Path, ravdess_corpus: Path) -> Callable[..., Path]:
 # Helpers for the unit tests: generated signals, fast params, a synthetic feature
 # table, a tiny trained model and throw-away MLflow stores.
 
-TINY_MODEL = {"filters": [8, 8, 8], "kernel_size": 3, "dense_units": [8, 8]}
-"""A seed-CNN shape small enough to train in a second."""
+TINY_SEED_CNN = {"filters": [8, 8, 8], "kernel_size": 3, "dense_units": [8, 8]}
+"""A seed-CNN shape small enough to train in a second (the ``seed_cnn`` section)."""
+TRAINED_KINDS = ("spectrogram_cnn", "seed_cnn", "logreg", "linear_svm", "fusion")
 
 
 def tone(
@@ -256,19 +259,22 @@ def feature_table(
     seed: int = 0,
     spread: float = 0.3,
 ) -> pd.DataFrame:
-    """A learnable feature table shaped like preprocess's output.
+    """A learnable feature table shaped like preprocess's output, with its frames.
 
     ``splits`` maps split → number of speakers (alternating male/female); each
     speaker has ``takes`` clips of every label, and training clips one ``noise`` copy.
-    Values are a per-label centre plus Gaussian noise of standard deviation ``spread``.
+    Vectors are a per-label centre plus Gaussian noise of standard deviation ``spread``;
+    frames (``logmel`` column, 12 to 40 of them) a per-label band profile plus noise.
     """
     from ser import EMOTIONS
+    from ser.dataset import FRAMES_COLUMN
     from ser.features import feature_names
 
     names = feature_names(params.features)
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (len(EMOTIONS), len(names)))
-    rows, values = [], []
+    profiles = rng.normal(0, 3, (len(EMOTIONS), params.frames.n_mels))
+    rows, values, frames = [], [], []
     speaker = 0
     for split, count in (splits or {"train": 4, "val": 2, "test": 2}).items():
         for _ in range(count):
@@ -290,29 +296,55 @@ def feature_table(
                             }
                         )
                         values.append(centres[label_index] + rng.normal(0, spread, len(names)))
-    return pd.concat(
+                        steps = int(rng.integers(12, 41))
+                        noisy = profiles[label_index] + rng.normal(
+                            0, 3 * spread, (steps, len(profiles[0]))
+                        )
+                        frames.append(noisy.astype(np.float32))
+    table = pd.concat(
         [pd.DataFrame(rows), pd.DataFrame(np.asarray(values, np.float32), columns=names)], axis=1
     )
+    return table.assign(**{FRAMES_COLUMN: frames})
+
+
+def write_feature_files(table: pd.DataFrame) -> None:
+    """Write ``table`` where the pipeline keeps it: vectors as parquet, frames apart."""
+    from ser import paths
+    from ser.artifacts import write_parquet
+    from ser.dataset import FRAMES_COLUMN, write_frames
+
+    write_parquet(paths.FEATURES, table.drop(columns=FRAMES_COLUMN))
+    write_frames(paths.FRAMES, table[FRAMES_COLUMN].tolist())
+
+
+def kind_params(kind: str, override: dict | None = None) -> Params:
+    """Fast params for ``model.kind`` = ``kind``, with a tiny seed CNN, then ``override``."""
+    return make_params(_merge({"model": {"kind": kind}, "seed_cnn": TINY_SEED_CNN}, override or {}))
 
 
 @pytest.fixture(scope="session")
-def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``models/`` of a tiny CNN fitted for two epochs on a synthetic feature table."""
-    from ser.config import ModelParams
+def trained_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``models/`` of a tiny model of every kind, fitted for two epochs on a synthetic table."""
+    from ser.classifier import Classifier
     from ser.dataset import select
-    from ser.train import fit
+    from ser.models import kind_named
 
-    params = make_params({"train": {"epochs": 2}})
-    table = feature_table(params)
-    classifier, _ = fit(
-        select(table, "train", with_augmented=True),
-        select(table, "val"),
-        ModelParams(**TINY_MODEL),
-        params,
-    )
-    directory = tmp_path_factory.mktemp("models")
-    classifier.save(directory)
-    return directory
+    table = feature_table(make_params())
+    train_rows, val_rows = select(table, "train", with_augmented=True), select(table, "val")
+    directories = {}
+    for kind in TRAINED_KINDS:
+        params = kind_params(kind, {"train": {"epochs": 2}, "spectrogram_cnn": {"epochs": 2}})
+        fitted = kind_named(kind).fit(train_rows, val_rows, params, ())
+        directory = tmp_path_factory.mktemp(f"models-{kind}")
+        Classifier(kind, fitted.model, params.audio, params.features, params.frames).save(directory)
+        directories[kind] = directory
+    return directories
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(trained_models: dict[str, Path]) -> Path:
+    """``models/`` of a tiny model of the default kind (the spectrogram CNN)."""
+    return trained_models["spectrogram_cnn"]
 
 
 @pytest.fixture(scope="session")

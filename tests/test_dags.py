@@ -27,8 +27,11 @@ TASK_IDS = ["dvc_pull", "dvc_repro", "quality_gate", "dvc_push"]
 CACHED_OUTS = [
     "data/processed/manifest.parquet",
     "data/processed/features.parquet",
+    "data/processed/frames.npz",
     "models",
     "tuning/study",
+    "tuning/hyperparams.json",
+    "reports/metrics.json",
 ]
 
 

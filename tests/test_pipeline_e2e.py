@@ -1,8 +1,9 @@
 """The real `dvc repro` on a tiny generated corpus in a temporary repository.
 
-One full reproduction is shared by the tests of this module (in file order); the
-last ones add a `dvc exp run` that re-runs only training and evaluation, and one
-that swaps the CNN for a linear baseline.
+One full reproduction of the default kind (the spectrogram CNN, tiny) is shared by the
+tests of this module (in file order); the last ones force a second reproduction that
+must give the same bytes, add a `dvc exp run` that re-runs only training and
+evaluation, and one that swaps in a linear baseline.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import csv
 import json
 from pathlib import Path
 
-import keras
 import mlflow
 import pytest
 import yaml
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project repository with 84 generated clips (6 speakers) after `dvc repro`,
-    on the default feature set (ComParE, so the CNN sees the selected 1,000 features)."""
+    on the default feature set (ComParE, which fusion and the linear kinds read)."""
     corpus = tmp_path_factory.mktemp("corpus")
     write_ravdess_corpus(corpus)
     default_sets = {"features": {"sets": load_params(PROJECT_ROOT / "params.yaml").features.sets}}
@@ -56,19 +56,18 @@ def test_metrics_and_outputs(repo):
     assert set(metrics["test"]) == {"accuracy", "uar", "macro_f1", "clips"}
     assert 0 <= metrics["test"]["uar"] <= 1
     report = read_json(repo / "reports/preprocess.json")
-    assert metrics["test"]["clips"] == report["splits"]["test"]["clips"] == 14  # 1 speaker
-    assert report["skipped"] == 0
+    assert metrics["test"]["clips"] == report["splits"]["test"]["clips"]
+    assert report["skipped"] == 0 and "extraction" not in report  # no run-specific facts
     train = read_json(repo / "reports/train.json")
-    assert {"val_uar", "val_accuracy", "epochs_run", "train_rows"} <= set(train)
+    assert {"val_uar", "val_accuracy", "epochs", "train_rows", "refit_rows"} <= set(train)
     assert train["train_rows"] == 2 * report["splits"]["train"]["clips"]  # + one noise copy
     assert sorted(p.name for p in (repo / "models").iterdir()) == sorted(
-        ["model.keras", "preprocessing.joblib", "feature_config.json", "mlflow_run.json"]
+        ["classifier.json", "spectrogram_cnn.keras"]
     )
-    network = keras.models.load_model(repo / "models/model.keras", compile=False)
-    assert network.input_shape == (None, 1000, 1)  # model.select_k of the 6,373 ComParE features
-    assert train["refit_rows"] == train["train_rows"] + report["splits"]["val"]["clips"]
-    assert (repo / "tuning/hyperparams.json").is_file()
+    assert read_json(repo / "models/classifier.json")["kind"] == "spectrogram_cnn"
+    assert read_json(repo / "tuning/hyperparams.json")["kind"] == "spectrogram_cnn"
     assert (repo / "tuning/study/trials.csv").is_file()
+    assert (repo / "data/processed/frames.npz").is_file()
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     assert json.dumps(shown).count('"uar"') >= 1
 
@@ -76,8 +75,8 @@ def test_metrics_and_outputs(repo):
 def test_plots_are_rendered_by_dvc(repo):
     with (repo / "reports/training_curve.csv").open() as handle:
         curve = list(csv.DictReader(handle))
-    assert {"epoch", "loss", "val_loss", "accuracy", "val_accuracy", "val_uar"} <= set(curve[0])
-    assert len(curve) == read_json(repo / "reports/train.json")["epochs_run"]
+    assert {"epoch", "loss", "accuracy", "val_uar", "learning_rate"} <= set(curve[0])
+    assert len(curve) == read_json(repo / "reports/train.json")["epochs"]
     with (repo / "reports/predictions.csv").open() as handle:
         predictions = list(csv.DictReader(handle))
     assert {"actual", "predicted"} <= set(predictions[0])
@@ -98,13 +97,14 @@ def test_mlflow_runs_carry_stages_metrics_and_tags(repo):
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ser")
     runs = client.search_runs([experiment.experiment_id])
-    assert {"preprocess", "tune", "train"} <= {r.data.tags.get("ser.stage") for r in runs}
+    stages = {r.data.tags.get("ser.stage") for r in runs}
+    assert stages == {"preprocess", "train"}  # no empty tune run while tuning is off
 
     (training,) = training_runs(repo)
-    assert training.info.run_id == read_json(repo / "models/mlflow_run.json")["run_id"]
+    assert training.info.run_id == read_json(repo / ".ser/train_run.json")["run_id"]
     test_uar = read_json(repo / "reports/metrics.json")["test"]["uar"]
     assert training.data.metrics["test_uar"] == pytest.approx(test_uar)
-    assert training.data.params["train.epochs"] == "3"
+    assert training.data.params["spectrogram_cnn.epochs"] == "3"
 
     commit = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     data_md5 = yaml.safe_load((repo / "data/raw.dvc").read_text())["outs"][0]["md5"]
@@ -121,8 +121,16 @@ def test_status_is_clean_after_repro(repo):
 def test_git_ignores_what_dvc_caches(repo):
     assert run(["git", "diff", "--name-only", ".gitignore"], repo).stdout == ""  # nothing to add
     untracked = run(["git", "status", "--porcelain", "--untracked-files=all"], repo).stdout
-    assert "tuning/hyperparams.json" in untracked  # cache: false, for git
-    assert "models/" not in untracked and "tuning/study/" not in untracked
+    assert "reports/" not in untracked and "models/" not in untracked
+    assert "tuning/" not in untracked and ".ser/" not in untracked
+
+
+def test_checkout_restores_every_output(repo):
+    for output in ("reports/train.json", "reports/preprocess.json", "models/classifier.json"):
+        before = (repo / output).read_bytes()
+        (repo / output).unlink()
+        run(["dvc", "checkout", "-q"], repo)
+        assert (repo / output).read_bytes() == before, output
 
 
 def edited_params(repository: Path, section: str, key: str, value: object) -> dict:
@@ -140,20 +148,40 @@ def edited_params(repository: Path, section: str, key: str, value: object) -> di
 
 def test_a_training_knob_invalidates_training_not_features(repo):
     """Evaluate re-runs too once train has produced a new model (see the `dvc exp run` test)."""
-    changed = edited_params(repo, "train", "epochs", 5)
-    assert set(changed) == {"train"}
+    changed = edited_params(repo, "spectrogram_cnn", "epochs", 5)
+    assert set(changed) == {"check_params", "tune", "train"}
     assert "params.yaml" in json.dumps(changed["train"])
     assert status(repo) == {}  # the knob was put back
 
 
 def test_a_feature_knob_invalidates_preprocessing(repo):
     changed = edited_params(repo, "features", "n_mfcc", 20)
-    assert set(changed) == {"preprocess"}
+    assert set(changed) == {"check_params", "preprocess"}
     assert "params.yaml" in json.dumps(changed["preprocess"])
 
 
+def test_a_misspelt_section_fails_naming_it(repo):
+    path = repo / "params.yaml"
+    original = path.read_text()
+    path.write_text(original + "trian:\n  epochs: 5\n")
+    try:
+        failed = run(["dvc", "repro"], repo, check=False)
+    finally:
+        path.write_text(original)
+    assert failed.returncode != 0
+    assert "trian: unknown key" in failed.stdout + failed.stderr
+    assert status(repo) == {}
+
+
+def test_a_forced_repro_gives_the_same_bytes(repo):
+    """Run-specific facts (times, cache hits, run ids) stay out of the outputs."""
+    lock = (repo / "dvc.lock").read_text()
+    run(["dvc", "repro", "-f"], repo)
+    assert (repo / "dvc.lock").read_text() == lock
+
+
 def test_exp_run_records_an_experiment(repo):
-    run(["dvc", "exp", "run", "-n", "two-epochs", "-S", "train.epochs=2"], repo)
+    run(["dvc", "exp", "run", "-n", "two-epochs", "-S", "spectrogram_cnn.epochs=2"], repo)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     experiments = {
         rev["name"]: rev["data"]
@@ -164,29 +192,29 @@ def test_exp_run_records_an_experiment(repo):
     }
     assert "two-epochs" in experiments
     metrics = experiments["two-epochs"]["metrics"]
-    assert metrics["reports/train.json"]["data"]["epochs_run"] <= 2
+    assert metrics["reports/train.json"]["data"]["epochs"] == 2
     assert 0 <= metrics["reports/metrics.json"]["data"]["test"]["uar"] <= 1
     params = experiments["two-epochs"]["params"]["params.yaml"]["data"]
-    assert params["train"]["epochs"] == 2
+    assert params["spectrogram_cnn"]["epochs"] == 2
 
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("ser").experiment_id])
     rerun = {r.data.tags["ser.stage"] for r in runs if r.data.tags["dvc.exp_name"] == "two-epochs"}
-    assert rerun == {"train"}  # preprocess and tune were not re-run; evaluate joined train's run
+    assert rerun == {"train"}  # preprocess was not re-run; evaluate joined train's run
     by_experiment = {r.data.tags["dvc.exp_name"]: r for r in training_runs(repo)}
     assert set(by_experiment) == {"workspace", "two-epochs"}
     assert by_experiment["two-epochs"].info.run_name == "two-epochs:train"
-    assert by_experiment["two-epochs"].data.params["train.epochs"] == "2"
+    assert by_experiment["two-epochs"].data.params["spectrogram_cnn.epochs"] == "2"
     assert "test_uar" in by_experiment["two-epochs"].data.metrics
 
 
 def test_a_linear_kind_runs_through_the_same_stages(repo):
     run(["dvc", "exp", "run", "-n", "logreg", "-S", "model.kind=logreg"], repo)
     assert sorted(p.name for p in (repo / "models").iterdir()) == sorted(
-        ["model.joblib", "preprocessing.joblib", "feature_config.json", "mlflow_run.json"]
+        ["model.joblib", "preprocessing.joblib", "classifier.json"]
     )
     train = read_json(repo / "reports/train.json")
-    grid = yaml.safe_load((repo / "params.yaml").read_text())["model"]["C_grid"]
+    grid = yaml.safe_load((repo / "params.yaml").read_text())["linear"]["C_grid"]
     assert train["C"] in grid and "epochs_run" not in train
     with (repo / "reports/training_curve.csv").open() as handle:
         curve = list(csv.DictReader(handle))
@@ -197,7 +225,8 @@ def test_a_linear_kind_runs_through_the_same_stages(repo):
 
     by_experiment = {r.data.tags["dvc.exp_name"]: r for r in training_runs(repo)}
     logged = by_experiment["logreg"]
-    assert logged.data.params["chosen.kind"] == "logreg"
+    assert logged.data.params["model.kind"] == "logreg"
+    assert float(logged.data.params["chosen.C"]) == train["C"]
     test_uar = read_json(repo / "reports/metrics.json")["test"]["uar"]
     assert logged.data.metrics["test_uar"] == pytest.approx(test_uar)
 

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
             )
             stage_parser.add_argument("--parent-run-id", help="MLflow run to nest trials under")
 
+    commands.add_parser(
+        "check-params", help="validate the params file (the check_params stage of dvc.yaml)"
+    )
+
     predict = commands.add_parser("predict", help="label audio files or folders")
     predict.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
     predict.add_argument("--model-dir", type=Path, default=paths.MODELS_DIR)
@@ -122,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             _data(args)
         elif args.command == "predict":
             return _predict(args)
+        elif args.command == "check-params":
+            load_params(args.params)
+            log.info("%s: valid", args.params)
         elif args.command == "remote":
             remote.run(args.action, args.remote, args.timeout, args.targets)
         elif args.command == "tune":

@@ -32,7 +32,7 @@ class DataParams(_Section):
 
 
 class SplitParams(_Section):
-    seed: int = 42
+    seed: int = 223
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
@@ -52,6 +52,7 @@ class AudioParams(_Section):
     window: float | None = Field(None, gt=0)
     target_dbfs: float = Field(-20.0, lt=0)
     min_duration: float = Field(0.3, ge=0)
+    max_duration: float | None = Field(60.0, gt=0)
 
 
 def _ordered_pair(name: str, pair: tuple[float, float]) -> None:
@@ -79,7 +80,7 @@ class AugmentParams(_Section):
 
 
 class FeatureParams(_Section):
-    sets: list[FeatureSet] = Field(default_factory=lambda: ["seed"], min_length=1)
+    sets: list[FeatureSet] = Field(default_factory=lambda: ["compare"], min_length=1)
     speaker_norm: Literal["none", "per_speaker"] = "none"
     n_fft: int = Field(512, ge=64)
     hop_length: int = Field(160, ge=16)
@@ -99,23 +100,86 @@ class FeatureParams(_Section):
 
 
 PositiveFloats = list[Annotated[float, Field(gt=0)]]
+PositiveInts = list[Annotated[int, Field(ge=1)]]
+ModelKind = Literal["spectrogram_cnn", "seed_cnn", "logreg", "linear_svm", "fusion"]
+
+
+class FrameParams(_Section):
+    """Log-mel frames of each clip, the spectrogram CNN's input (``frames`` section)."""
+
+    n_mels: int = Field(40, ge=8)
+    n_fft: int = Field(1024, ge=64)
+    win_length: int = Field(640, ge=16)
+    hop_length: int = Field(320, ge=16)
+    fmin: float = Field(50.0, ge=0)
+    fmax: float | None = Field(8000.0, gt=0)
+    max_frames: int = Field(150, ge=16)
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> FrameParams:
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length ({self.win_length}) cannot exceed n_fft ({self.n_fft})")
+        if self.fmax is not None and self.fmax <= self.fmin:
+            raise ValueError(f"fmax ({self.fmax}) must be above fmin ({self.fmin})")
+        return self
 
 
 class ModelParams(_Section):
-    kind: Literal["cnn", "logreg", "linear_svm"] = "cnn"
+    kind: ModelKind = "spectrogram_cnn"
+
+
+class PreprocessingParams(_Section):
+    """Clip-statistics preprocessing, fitted on training rows (seed_cnn, logreg, linear_svm)."""
+
+    input_clip: float | None = Field(5.0, gt=0)
+    select_k: int | None = Field(1000, ge=1)
+
+
+class SeedCnnParams(_Section):
     filters: tuple[int, int, int] = (64, 128, 256)
     kernel_size: int = Field(3, ge=1)
     pool_size: int = Field(2, ge=1)
-    dropout: float = Field(0.2, ge=0, lt=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
     dense_units: tuple[int, int] = (64, 16)
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
-    input_noise: float = Field(0.0, ge=0)
-    l2: float = Field(0.0, ge=0)
-    select_k: int | None = Field(None, ge=1)
-    input_clip: float | None = Field(None, gt=0)
+    input_noise: float = Field(0.3, ge=0)
+    l2: float = Field(1e-3, ge=0)
+
+
+class LinearParams(_Section):
     C: float = Field(0.01, gt=0)
     C_grid: PositiveFloats = Field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
+
+
+class SpectrogramCnnParams(_Section):
+    channels: PositiveInts = Field(default_factory=lambda: [16, 32, 64, 128], min_length=1)
+    convs_per_block: int = Field(2, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    peak_learning_rate: float = Field(2e-3, gt=0)
+    warmup_fraction: float = Field(0.3, ge=0, lt=1)
+    weight_decay: float = Field(1e-2, ge=0)
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(60, ge=1)
+    mixup_alpha: float = Field(0.4, ge=0)
+    freq_masks: int = Field(2, ge=0)
+    freq_mask_bands: int = Field(8, ge=1)
+    time_masks: int = Field(2, ge=0)
+    time_mask_fraction: float = Field(0.08, gt=0, le=1)
+    augmented_copies: bool = False
+
+    @model_validator(mode="after")
+    def _peak_above_start(self) -> SpectrogramCnnParams:
+        if self.peak_learning_rate < self.learning_rate:
+            raise ValueError("peak_learning_rate must be at least learning_rate")
+        return self
+
+
+class FusionParams(_Section):
+    weights: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1
+    )
 
 
 class TrainParams(_Section):
@@ -126,15 +190,20 @@ class TrainParams(_Section):
     reduce_lr_patience: int = Field(5, ge=1)
     reduce_lr_factor: float = Field(0.5, gt=0, lt=1)
     class_weights: bool = True
-    mixup_alpha: float = Field(0.0, ge=0)
-    refit_on_val: bool = False
+    mixup_alpha: float = Field(0.4, ge=0)
+    refit_on_val: bool = True
 
 
-PositiveInts = list[Annotated[int, Field(ge=1)]]
+def _check_range(name: str, pair: tuple[float, float] | None, low: float, log: bool) -> None:
+    if pair is None:
+        return
+    _ordered_pair(name, pair)
+    if pair[0] < low or (log and pair[0] <= 0):
+        raise ValueError(f"{name} range must be {'positive' if log else f'>= {low}'}")
 
 
-class SearchSpace(_Section):
-    """Choices (lists) and ranges ([low, high]) the tuner samples from."""
+class SeedCnnSpace(_Section):
+    """Choices (lists) and ranges ([low, high]) the tuner samples for the seed CNN."""
 
     filters_1: PositiveInts = Field(default_factory=lambda: [32, 64, 96], min_length=1)
     filters_2: PositiveInts = Field(default_factory=lambda: [64, 128, 192], min_length=1)
@@ -146,28 +215,45 @@ class SearchSpace(_Section):
     dropout: tuple[float, float] = (0.1, 0.6)
     learning_rate: tuple[float, float] = (2e-4, 3e-3)
     batch_size: PositiveInts = Field(default_factory=lambda: [16, 32, 64], min_length=1)
-    # optional: null leaves the model section's value untuned
+    # optional: null leaves the seed_cnn section's value untuned
     input_noise: tuple[float, float] | None = None
     l2: tuple[float, float] | None = None
-    select_k: PositiveInts | None = None
 
     @model_validator(mode="after")
-    def _ranges_are_ordered(self) -> SearchSpace:
-        _ordered_pair("dropout", self.dropout)
-        _ordered_pair("learning_rate", self.learning_rate)
-        if self.input_noise is not None:
-            _ordered_pair("input_noise", self.input_noise)
-            if self.input_noise[0] < 0:
-                raise ValueError("input_noise range must not be negative")
-        if self.l2 is not None:
-            _ordered_pair("l2", self.l2)
-            if self.l2[0] <= 0:
-                raise ValueError("l2 range must be positive (it is sampled on a log scale)")
-        if self.dropout[0] < 0 or self.dropout[1] >= 1:
+    def _ranges_are_valid(self) -> SeedCnnSpace:
+        _check_range("dropout", self.dropout, 0, log=False)
+        _check_range("learning_rate", self.learning_rate, 0, log=True)
+        _check_range("input_noise", self.input_noise, 0, log=False)
+        _check_range("l2", self.l2, 0, log=True)
+        if self.dropout[1] >= 1:
             raise ValueError("dropout range must lie in [0, 1)")
-        if self.learning_rate[0] <= 0:
-            raise ValueError("learning_rate range must be positive")
         return self
+
+
+class SpectrogramCnnSpace(_Section):
+    """Choices (lists) and ranges ([low, high]) the tuner samples for the spectrogram CNN."""
+
+    base_channels: PositiveInts = Field(default_factory=lambda: [16, 24, 32], min_length=1)
+    dropout: tuple[float, float] = (0.1, 0.5)
+    learning_rate: tuple[float, float] = (5e-4, 2e-3)
+    mixup_alpha: tuple[float, float] = (0.0, 0.6)
+    freq_mask_bands: PositiveInts = Field(default_factory=lambda: [4, 8, 12], min_length=1)
+    time_mask_fraction: tuple[float, float] = (0.04, 0.15)
+
+    @model_validator(mode="after")
+    def _ranges_are_valid(self) -> SpectrogramCnnSpace:
+        _check_range("dropout", self.dropout, 0, log=False)
+        _check_range("learning_rate", self.learning_rate, 0, log=True)
+        _check_range("mixup_alpha", self.mixup_alpha, 0, log=False)
+        _check_range("time_mask_fraction", self.time_mask_fraction, 0, log=True)
+        return self
+
+
+class SearchSpace(_Section):
+    """Each tunable kind's own search space."""
+
+    seed_cnn: SeedCnnSpace = SeedCnnSpace()
+    spectrogram_cnn: SpectrogramCnnSpace = SpectrogramCnnSpace()
 
 
 class TuneParams(_Section):
@@ -199,7 +285,13 @@ class Params(_Section):
     audio: AudioParams = AudioParams()
     augment: AugmentParams = AugmentParams()
     features: FeatureParams = FeatureParams()
+    frames: FrameParams = FrameParams()
     model: ModelParams = ModelParams()
+    preprocessing: PreprocessingParams = PreprocessingParams()
+    seed_cnn: SeedCnnParams = SeedCnnParams()
+    spectrogram_cnn: SpectrogramCnnParams = SpectrogramCnnParams()
+    linear: LinearParams = LinearParams()
+    fusion: FusionParams = FusionParams()
     train: TrainParams = TrainParams()
     tune: TuneParams = TuneParams()
     evaluate: EvaluateParams = EvaluateParams()

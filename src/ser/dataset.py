@@ -1,4 +1,11 @@
-"""Reading the feature table and selecting the rows a stage may see."""
+"""The feature table and frames: storing, reading, and selecting the rows a stage may see.
+
+Stages work on one DataFrame per set of rows: metadata, one column per clip feature
+and, when loaded with its frames, a ``logmel`` column holding each row's log-mel frames
+(frames x mels). The frames are stored apart from the parquet table, as one ``.npz``
+of a single contiguous float32 array plus each row's frame count: thousands of
+parquet columns or a nested list column would take far longer to load.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +14,56 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ser.featurize import ORIGINAL
+from ser import ORIGINAL, paths
+from ser.artifacts import write_with
 
 META_COLUMNS = ("path", "corpus", "speaker", "sex", "label", "intensity", "split", "augmentation")
+FRAMES_COLUMN = "logmel"
 
 
-def load_features(path: Path) -> pd.DataFrame:
-    """The feature table written by preprocess."""
+def write_frames(target: Path, frames: list[np.ndarray]) -> None:
+    """Every row's frames, concatenated, with each row's frame count."""
+    lengths = np.array([len(f) for f in frames], np.int64)
+    width = frames[0].shape[1] if frames else 0
+    values = np.concatenate(frames) if frames else np.empty((0, width), np.float32)
+    write_with(target, lambda path: np.savez(path, values=values, lengths=lengths))
+
+
+def load_frames(path: Path) -> list[np.ndarray]:
+    """The frames of each row, as written by ``write_frames`` (views of one array)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: frames not found (run the preprocess stage)")
+    with np.load(path) as stored:
+        values, lengths = stored["values"], stored["lengths"]
+    if lengths.sum() != len(values):
+        raise ValueError(f"{path}: frame counts add up to {lengths.sum()}, not {len(values)}")
+    return np.split(values, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+def load_features(path: Path, frames_path: Path | None = None) -> pd.DataFrame:
+    """The feature table written by preprocess, with each row's frames if ``frames_path``."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: feature table not found (run the preprocess stage)")
-    return pd.read_parquet(path)
+    table = pd.read_parquet(path)
+    if frames_path is None:
+        return table
+    frames = load_frames(frames_path)
+    if len(frames) != len(table):
+        raise ValueError(
+            f"{frames_path}: frames of {len(frames)} rows, but {path} has {len(table)} "
+            "(run the preprocess stage again)"
+        )
+    return table.assign(**{FRAMES_COLUMN: frames})
+
+
+def load_rows(with_frames: bool) -> pd.DataFrame:
+    """The pipeline's feature table (``paths.FEATURES``), with frames if asked."""
+    return load_features(paths.FEATURES, paths.FRAMES if with_frames else None)
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in META_COLUMNS]
+    """The clip-feature columns (neither metadata nor frames)."""
+    return [c for c in frame.columns if c not in META_COLUMNS and c != FRAMES_COLUMN]
 
 
 def select(frame: pd.DataFrame, split: str, with_augmented: bool = False) -> pd.DataFrame:

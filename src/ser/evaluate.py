@@ -17,8 +17,9 @@ from ser import paths
 from ser.artifacts import read_json, write_json, write_with
 from ser.classifier import Classifier
 from ser.config import Params
-from ser.dataset import load_features, matrix, select
+from ser.dataset import load_rows, select
 from ser.metrics import confusion, per_class, summary
+from ser.models.base import FRAMES
 from ser.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,8 @@ def plot_confusion(matrix_counts: np.ndarray, labels: list[str], title: str, tar
 def run(params: Params) -> dict[str, float]:
     """Score the saved model on the test speakers and add the results to the training run."""
     classifier = Classifier.load(paths.MODELS_DIR)
-    rows = select(load_features(paths.FEATURES), "test")
-    probabilities = classifier.predict_proba(matrix(rows, classifier.feature_names))
+    rows = select(load_rows(with_frames=FRAMES in classifier.inputs), "test")
+    probabilities = classifier.predict_proba(rows)
     predicted = [classifier.classes[i] for i in probabilities.argmax(axis=1)]
     truth = rows["label"].tolist()
     labels = [c for c in classifier.classes if c in set(truth) | set(predicted)]

@@ -4,6 +4,9 @@
 zero-crossing rate, RMS energy, 12 chroma bins, ``n_mels`` log-mel bands and
 ``n_mfcc`` MFCCs — summarised over the whole clip by ``features.stats``.
 ``egemaps`` (88) and ``compare`` (6,373): openSMILE's standard functionals.
+
+Beside the vectors, ``logmel_frames`` gives the clip as a time x frequency image, the
+spectrogram CNN's input (``frames`` section).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import scipy.fft
 import scipy.stats
 
-from ser.config import FeatureParams, FeatureSet
+from ser.config import FeatureParams, FeatureSet, FrameParams
 
 N_CHROMA = 12
 
@@ -114,3 +117,17 @@ def feature_names(params: FeatureParams) -> list[str]:
 def clip_features(signal: np.ndarray, sample_rate: int, params: FeatureParams) -> np.ndarray:
     """The whole per-clip vector, in ``feature_names`` order."""
     return np.concatenate([set_features(s, signal, sample_rate, params) for s in params.sets])
+
+
+def logmel_frames(signal: np.ndarray, sample_rate: int, params: FrameParams) -> np.ndarray:
+    """Log-mel power in dB (frames x ``n_mels``), centre-cropped to ``max_frames`` frames."""
+    if len(signal) < params.win_length:
+        signal = np.pad(signal, (0, params.win_length - len(signal)))
+    power = librosa.feature.melspectrogram(
+        y=signal, sr=sample_rate, n_fft=params.n_fft, hop_length=params.hop_length,
+        win_length=params.win_length, n_mels=params.n_mels, fmin=params.fmin,
+        fmax=params.fmax, power=2.0,
+    )  # fmt: skip
+    frames = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None).T
+    start = max(0, (len(frames) - params.max_frames) // 2)
+    return np.ascontiguousarray(frames[start : start + params.max_frames], dtype=np.float32)

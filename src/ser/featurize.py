@@ -1,4 +1,8 @@
-"""Parallel, cached feature extraction for the manifest's clips and their augmented copies."""
+"""Parallel, cached feature extraction for the manifest's clips and their augmented copies.
+
+Each clip variant gets the vectors of ``features.sets`` and its log-mel frames
+(``FRAMES``), each cached on its own under a hash of everything that determines it.
+"""
 
 from __future__ import annotations
 
@@ -17,18 +21,20 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from ser import ORIGINAL
 from ser.artifacts import write_with
 from ser.audio import BadAudio, load_clip
 from ser.augment import apply_recipe, clip_rng
-from ser.config import AugmentKind, FeatureSet, Params
-from ser.features import feature_names, set_features
+from ser.config import AugmentKind, Params
+from ser.features import feature_names, logmel_frames, set_features
 from ser.paths import workspace_root
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 """Bump when feature code changes in a way params do not capture."""
-ORIGINAL = "none"
+FRAMES = "logmel"
+"""The cache's name for a variant's log-mel frames, beside the vector sets."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class ClipJob:
     path: str
     sha256: str
     variants: tuple[Variant, ...]
-    cache_keys: tuple[tuple[str, ...], ...]  # per variant, one key per feature set
+    cache_keys: tuple[tuple[str, ...], ...]  # per variant, one key per name of cached_names
 
 
 def variants_for(split: str, params: Params) -> tuple[Variant, ...]:
@@ -59,7 +65,14 @@ def variants_for(split: str, params: Params) -> tuple[Variant, ...]:
     return (original, *(Variant(i, tuple(r)) for i, r in enumerate(params.augment.copies)))
 
 
-def _set_spec(feature_set: FeatureSet, params: Params) -> dict[str, object]:
+def cached_names(params: Params) -> list[str]:
+    """What is cached per variant: each vector set of ``features.sets``, then the frames."""
+    return [*params.features.sets, FRAMES]
+
+
+def _set_spec(feature_set: str, params: Params) -> dict[str, object]:
+    if feature_set == FRAMES:
+        return params.frames.model_dump(mode="json")
     if feature_set == "seed":
         return params.features.model_dump(
             mode="json", exclude={"sets", "speaker_norm", "workers", "cache_dir"}
@@ -67,7 +80,7 @@ def _set_spec(feature_set: FeatureSet, params: Params) -> dict[str, object]:
     return {"opensmile": importlib.metadata.version("opensmile")}
 
 
-def cache_key(sha256: str, variant: Variant, params: Params, feature_set: FeatureSet) -> str:
+def cache_key(sha256: str, variant: Variant, params: Params, feature_set: str) -> str:
     """Content hash of everything that determines one set's vector for one variant of a clip."""
     spec = {
         "version": CACHE_VERSION,
@@ -98,6 +111,14 @@ def _limit_threads() -> None:
     threadpool_limits(1)
 
 
+def _compute(name: str, signal: np.ndarray, params: Params) -> np.ndarray:
+    """One set's vector, or the frames (``FRAMES``), of one conditioned signal."""
+    rate = params.audio.sample_rate
+    if name == FRAMES:
+        return logmel_frames(signal, rate, params.frames)
+    return set_features(name, signal, rate, params.features)
+
+
 def _extract(job: ClipJob, params: Params) -> str | None:
     """Compute and cache every missing variant of one clip; return an error or None."""
     try:
@@ -107,8 +128,8 @@ def _extract(job: ClipJob, params: Params) -> str | None:
     rate, cache_dir = params.audio.sample_rate, cache_root(params)
     for variant, keys in zip(job.variants, job.cache_keys, strict=True):
         missing = [
-            (feature_set, key)
-            for feature_set, key in zip(params.features.sets, keys, strict=True)
+            (name, key)
+            for name, key in zip(cached_names(params), keys, strict=True)
             if not _cache_file(cache_dir, key).is_file()
         ]
         if not missing:
@@ -117,11 +138,11 @@ def _extract(job: ClipJob, params: Params) -> str | None:
         if variant.recipe:
             rng = clip_rng(params.augment.seed, job.sha256, variant.copy)
             copy = apply_recipe(signal, rate, list(variant.recipe), params.augment, rng)
-        for feature_set, key in missing:
-            vector = set_features(feature_set, copy, rate, params.features)
-            if not np.all(np.isfinite(vector)):
-                return f"{feature_set} features are not finite ({variant.name})"
-            write_with(_cache_file(cache_dir, key), lambda path, v=vector: np.save(path, v))
+        for name, key in missing:
+            values = _compute(name, copy, params)
+            if not np.all(np.isfinite(values)):
+                return f"{name} features are not finite ({variant.name})"
+            write_with(_cache_file(cache_dir, key), lambda path, v=values: np.save(path, v))
     return None
 
 
@@ -155,20 +176,25 @@ class ExtractionStats:
         return self.computed_clips / self.seconds if self.seconds > 0 else float("nan")
 
 
-def extract_features(
-    manifest: pd.DataFrame, params: Params
-) -> tuple[pd.DataFrame, dict[str, str], ExtractionStats]:
-    """Feature table (metadata + one column per feature, one row per variant).
+@dataclass
+class Extracted:
+    """What ``extract_features`` made of a manifest."""
 
-    ``manifest`` needs a ``split`` column. Returns the table, {path: error} for
-    clips that could not be used, and timing statistics.
-    """
+    table: pd.DataFrame  # metadata + one column per feature, one row per variant
+    frames: list[np.ndarray]  # the log-mel frames of each row of ``table``
+    errors: dict[str, str]  # {path: why} for clips that could not be used
+    stats: ExtractionStats
+
+
+def extract_features(manifest: pd.DataFrame, params: Params) -> Extracted:
+    """Vectors and frames of every usable clip of ``manifest`` (which needs a ``split``
+    column) and of the augmented copies of its training clips."""
     jobs, pending = [], []
     cache_dir = cache_root(params)
     for row in manifest.itertuples(index=False):
         variants = variants_for(row.split, params)
         keys = tuple(
-            tuple(cache_key(row.sha256, v, params, s) for s in params.features.sets)
+            tuple(cache_key(row.sha256, v, params, name) for name in cached_names(params))
             for v in variants
         )
         job = ClipJob(row.path, row.sha256, variants, keys)
@@ -182,14 +208,16 @@ def extract_features(
     errors = _run_jobs(pending, params)
     stats = ExtractionStats(len(jobs), 0, len(pending), time.perf_counter() - started)
 
-    rows, vectors = [], []
+    rows, vectors, frames = [], [], []
     meta = manifest.drop(columns=["duration", "sample_rate", "channels", "sha256"])
     for job, record in zip(jobs, meta.to_dict("records"), strict=True):
         if job.path in errors:
             continue
         for variant, keys in zip(job.variants, job.cache_keys, strict=True):
             rows.append({**record, "augmentation": variant.name})
-            vectors.append(np.concatenate([np.load(_cache_file(cache_dir, k)) for k in keys]))
+            *set_keys, frames_key = keys
+            vectors.append(np.concatenate([np.load(_cache_file(cache_dir, k)) for k in set_keys]))
+            frames.append(np.load(_cache_file(cache_dir, frames_key)))
     stats.vectors = len(rows)
     names = feature_names(params.features)
     values = np.vstack(vectors) if vectors else np.empty((0, len(names)), np.float32)
@@ -198,4 +226,4 @@ def extract_features(
          pd.DataFrame(values, columns=names)],
         axis=1,
     )  # fmt: skip
-    return table, errors, stats
+    return Extracted(table, frames, errors, stats)

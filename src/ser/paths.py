@@ -5,6 +5,7 @@ from pathlib import Path
 
 MANIFEST = Path("data/processed/manifest.parquet")
 FEATURES = Path("data/processed/features.parquet")
+FRAMES = Path("data/processed/frames.npz")
 PREPROCESS_REPORT = Path("reports/preprocess.json")
 
 TUNING_DIR = Path("tuning")
@@ -13,7 +14,7 @@ STUDY_DIR = TUNING_DIR / "study"
 TRIALS = STUDY_DIR / "trials.csv"
 
 MODELS_DIR = Path("models")  # the train stage's output, whatever the model kind
-TRAIN_RUN_ID = MODELS_DIR / "mlflow_run.json"
+TRAIN_RUN_ID = Path(".ser/train_run.json")  # which MLflow run evaluate adds to (not tracked)
 TRAIN_METRICS = Path("reports/train.json")
 TRAINING_CURVE = Path("reports/training_curve.csv")
 

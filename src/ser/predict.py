@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+import pandas as pd
 
 from ser.audio import BadAudio, load_clip
 from ser.classifier import Classifier
-from ser.dataset import speaker_statistics
-from ser.features import clip_features
+from ser.dataset import FRAMES_COLUMN, speaker_statistics
+from ser.features import clip_features, feature_names, logmel_frames
 from ser.manifest import AUDIO_SUFFIXES
+from ser.models.base import CLIP, FRAMES
 
 log = logging.getLogger(__name__)
 
@@ -38,44 +40,59 @@ def audio_files(inputs: Iterable[Path]) -> Iterator[Path]:
             yield item
 
 
-def featurise(path: Path, classifier: Classifier) -> np.ndarray:
-    """The feature vector of one file, computed exactly as for training."""
+def featurise(path: Path, classifier: Classifier) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The clip-feature vector and the frames of one file, each only if the model reads
+    it, computed exactly as for training."""
     signal = load_clip(path, classifier.audio)
-    return clip_features(signal, classifier.audio.sample_rate, classifier.features)
+    rate = classifier.audio.sample_rate
+    vector = clip_features(signal, rate, classifier.features) if CLIP in classifier.inputs else None
+    frames = logmel_frames(signal, rate, classifier.frames) if FRAMES in classifier.inputs else None
+    return vector, frames
+
+
+def feature_rows(
+    vectors: list[np.ndarray | None], frames: list[np.ndarray | None], classifier: Classifier
+) -> pd.DataFrame:
+    """Rows shaped like the feature table's, for ``classifier.predict_proba``.
+
+    A model trained with ``features.speaker_norm: per_speaker`` takes all the clips
+    as one speaker's and standardises their vectors together.
+    """
+    columns: dict[str, object] = {}
+    if CLIP in classifier.inputs:
+        values = np.vstack(vectors)
+        if classifier.features.speaker_norm == "per_speaker":
+            mean, spread = speaker_statistics(values)
+            values = (values - mean) / spread
+        columns |= dict(zip(feature_names(classifier.features), values.T, strict=True))
+    if FRAMES in classifier.inputs:
+        columns[FRAMES_COLUMN] = frames
+    return pd.DataFrame(columns, index=range(len(vectors)))
 
 
 def predict_files(
     inputs: Iterable[Path], classifier: Classifier, batch_size: int = 32
 ) -> Iterator[tuple[Path, str | None, np.ndarray | str]]:
-    """Yield (path, label, probabilities) per file, or (path, None, reason) when unusable.
-
-    A model trained with ``features.speaker_norm: per_speaker`` takes all inputs
-    as clips of one speaker and standardises them together.
-    """
+    """Yield (path, label, probabilities) per file, or (path, None, reason) when unusable."""
     per_speaker = classifier.features.speaker_norm == "per_speaker"
     files = audio_files(inputs)
     while batch := list(islice(files, None if per_speaker else batch_size)):
-        usable, vectors = [], []
+        usable, vectors, frames = [], [], []
         for path in batch:
             try:
-                vectors.append(featurise(path, classifier))
-                usable.append(path)
+                vector, clip_frames = featurise(path, classifier)
             except (BadAudio, OSError) as error:
                 yield path, None, str(error)
+                continue
+            usable.append(path)
+            vectors.append(vector)
+            frames.append(clip_frames)
         if not usable:
             continue
-        values = np.vstack(vectors)
-        if per_speaker:
-            if len(values) < 2:
-                yield (
-                    usable[0],
-                    None,
-                    "per-speaker normalisation needs 2 or more clips of the speaker",
-                )
-                return
-            mean, spread = speaker_statistics(values)
-            values = (values - mean) / spread
-        probabilities = classifier.predict_proba(values)
+        if per_speaker and len(usable) < 2:
+            yield usable[0], None, "per-speaker normalisation needs 2 or more clips of the speaker"
+            return
+        probabilities = classifier.predict_proba(feature_rows(vectors, frames, classifier))
         for path, row in zip(usable, probabilities, strict=True):
             yield path, classifier.classes[int(row.argmax())], row
 

@@ -1,4 +1,4 @@
-"""preprocess stage: manifest → speaker split → features, with a report of skipped files."""
+"""preprocess stage: manifest → speaker split → features and frames, with a report of skipped files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 from ser import paths
 from ser.artifacts import write_json, write_parquet
 from ser.config import Params
-from ser.dataset import normalise_per_speaker
+from ser.dataset import normalise_per_speaker, write_frames
 from ser.featurize import extract_features
 from ser.manifest import Problem, scan
 from ser.split import SPLITS, SplitError, assign_splits
@@ -45,7 +45,8 @@ def run(params: Params) -> dict[str, object]:
     if manifest.empty:
         raise SplitError(f"{params.data.raw_dir}: no usable clips ({len(problems)} skipped)")
     manifest["split"] = assign_splits(manifest, params.split)
-    features, failures, stats = extract_features(manifest, params)
+    extracted = extract_features(manifest, params)
+    features, failures, stats = extracted.table, extracted.errors, extracted.stats
     problems += [Problem(path, reason) for path, reason in failures.items()]
     for path, reason in failures.items():
         log.warning("skipping %s: %s", path, reason)
@@ -56,15 +57,10 @@ def run(params: Params) -> dict[str, object]:
     if missing:
         raise SplitError(f"split(s) {missing} have no usable clips left")
 
-    report = summarise(manifest, problems)
-    report["extraction"] = {
-        "vectors": stats.vectors,
-        "computed_clips": stats.computed_clips,
-        "cached_clips": stats.clips - stats.computed_clips,
-        "seconds": round(stats.seconds, 2),
-    }
+    report = summarise(manifest, problems)  # run-specific facts (timing, cache) go to MLflow
     write_parquet(paths.MANIFEST, manifest)
     write_parquet(paths.FEATURES, features)
+    write_frames(paths.FRAMES, extracted.frames)
     write_json(paths.PREPROCESS_REPORT, report)
     log.info(
         "%d clips of %d speakers, %d feature rows, %d skipped (see %s)",
@@ -79,6 +75,7 @@ def run(params: Params) -> dict[str, object]:
                 "skipped_files": len(problems),
                 "feature_rows": len(features),
                 "extracted_clips": stats.computed_clips,
+                "cached_clips": stats.clips - stats.computed_clips,
                 "extraction_seconds": stats.seconds,
                 **{f"{s}_clips": int((manifest["split"] == s).sum()) for s in SPLITS},
             }

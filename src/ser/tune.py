@@ -1,4 +1,4 @@
-"""tune stage: Optuna search over the CNN's hyperparameters, scored on validation speakers only.
+"""tune stage: Optuna search over ``model.kind``'s own space, scored on validation speakers only.
 
 The study lives in ``tune.storage`` (default: SQLite inside the persistent
 ``tuning/study`` output), so an interrupted search resumes with its finished
@@ -29,11 +29,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ser import paths
 from ser.artifacts import write_json, write_with
-from ser.config import DEFAULT_PARAMS, ConfigError, ModelParams, Params, SearchSpace
-from ser.dataset import load_features, select
+from ser.config import DEFAULT_PARAMS, ConfigError, Params
+from ser.dataset import load_rows, select
 from ser.manifest import sha256_of
+from ser.models import kind_named
+from ser.models.base import FRAMES, Kind, section_of
 from ser.tracking import stage_run, use_experiment
-from ser.train import fit
 
 log = logging.getLogger(__name__)
 
@@ -41,35 +42,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is logged per trial below
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 HEARTBEAT_S = 20
-LINEAR_KEYS = {"kind", "C", "C_grid"}  # the CNN search ignores them; so does its study's name
-
-
-def suggest(trial: optuna.Trial, space: SearchSpace, base: ModelParams) -> ModelParams:
-    """The trial's hyperparameters; ``FixedTrial(best_params)`` rebuilds a chosen set."""
-    choice = trial.suggest_categorical
-    optional = {}
-    if space.input_noise is not None:
-        optional["input_noise"] = trial.suggest_float("input_noise", *space.input_noise)
-    if space.l2 is not None:
-        optional["l2"] = trial.suggest_float("l2", *space.l2, log=True)
-    if space.select_k is not None:
-        optional["select_k"] = choice("select_k", space.select_k)
-    return base.model_copy(
-        update={
-            **optional,
-            "filters": (
-                choice("filters_1", space.filters_1),
-                choice("filters_2", space.filters_2),
-                choice("filters_3", space.filters_3),
-            ),
-            "kernel_size": choice("kernel_size", space.kernel_size),
-            "pool_size": choice("pool_size", space.pool_size),
-            "dense_units": (choice("dense_1", space.dense_1), choice("dense_2", space.dense_2)),
-            "dropout": trial.suggest_float("dropout", *space.dropout),
-            "learning_rate": trial.suggest_float("learning_rate", *space.learning_rate, log=True),
-            "batch_size": choice("batch_size", space.batch_size),
-        }
-    )
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -87,37 +59,55 @@ class PruningCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def tunable_kind(params: Params) -> Kind:
+    """``model.kind``, which must have a search space when tuning is enabled."""
+    kind = kind_named(params.model.kind)
+    if kind.suggest is None:
+        raise ConfigError(
+            f"tune.enabled: model.kind {kind.name!r} has no Optuna search space (tunable: "
+            "seed_cnn, spectrogram_cnn); set tune.enabled=false (linear.C_grid and "
+            "fusion.weights are chosen on validation speakers in train)"
+        )
+    return kind
+
+
 def make_objective(
     train_rows: pd.DataFrame, val_rows: pd.DataFrame, params: Params
 ) -> Callable[[optuna.Trial], float]:
-    """Best validation UAR of a CNN trained with the trial's hyperparameters.
+    """Best validation UAR of ``model.kind`` trained with the trial's hyperparameters.
 
     Only training and validation rows are given to it: the test speakers stay unseen.
+    ``tune.max_epochs`` caps the seed CNN's early-stopped training; the spectrogram
+    CNN keeps its fixed schedule, which pruning cuts short.
     """
+    kind = tunable_kind(params)
     trial_train = params.train.model_copy(update={"epochs": params.tune.max_epochs})
     trial_params = params.model_copy(update={"train": trial_train})
 
     def objective(trial: optuna.Trial) -> float:
-        hp = suggest(trial, params.tune.space, params.model)
+        sampled = kind.suggest(trial, trial_params)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         pruning = PruningCallback(trial)
         try:
-            _, history = fit(train_rows, val_rows, hp, trial_params, [pruning])
+            fitted = kind.fit(train_rows, val_rows, sampled, [pruning])
         except Exception as error:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             raise
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at}")
-        return max(history.history["val_uar"])
+        return max(row["val_uar"] for row in fitted.curve)
 
     return objective
 
 
 def study_name(params: Params, features_sha256: str) -> str:
     """Same search, data and training set-up → same study; any change starts a new one."""
+    kind = tunable_kind(params)
     spec = {
-        "space": params.tune.space.model_dump(mode="json"),
-        "base": params.model.model_dump(mode="json", exclude=LINEAR_KEYS),
+        "kind": kind.name,
+        "space": section_of(kind, params.tune.space).model_dump(mode="json"),
+        "base": section_of(kind, params).model_dump(mode="json"),
+        "preprocessing": params.preprocessing.model_dump(mode="json"),
         "train": params.train.model_dump(mode="json", exclude={"epochs"}),
         "max_epochs": params.tune.max_epochs,
         "warmup": params.tune.pruner_warmup_epochs,
@@ -197,7 +187,7 @@ def _best(study: optuna.Study) -> FrozenTrial | None:
 
 def optimise(params: Params, parent_run_id: str, worker: int = 0) -> optuna.Study:
     """Run trials in this process until the study's budget (all workers) is spent."""
-    features = load_features(paths.FEATURES)
+    features = load_rows(with_frames=FRAMES in tunable_kind(params).inputs)
     objective = make_objective(
         select(features, "train", with_augmented=True), select(features, "val"), params
     )
@@ -244,50 +234,54 @@ def _log_study_artifacts(study: optuna.Study) -> None:
         mlflow.log_artifact(str(target), "tune")
 
 
-def _require_cnn(params: Params) -> None:
-    if params.model.kind != "cnn":
-        raise ConfigError(
-            f"tune.enabled: the Optuna search tunes the CNN, but model.kind is "
-            f"{params.model.kind!r}; set tune.enabled=false (model.C_grid chooses C "
-            "on validation speakers)"
-        )
+def chosen_hyperparameters(params: Params) -> dict[str, object]:
+    """What train reads: the kind and its section (sampled, or params.yaml's as is)."""
+    kind = kind_named(params.model.kind)
+    return {"kind": kind.name, kind.section: section_of(kind, params).model_dump(mode="json")}
 
 
-def run(params: Params, params_path: Path = DEFAULT_PARAMS) -> ModelParams:
-    """Choose hyperparameters (search, or params.yaml's model section) and write them for train."""
-    if params.tune.enabled:
-        _require_cnn(params)
+def run(params: Params, params_path: Path = DEFAULT_PARAMS) -> dict[str, object]:
+    """Choose hyperparameters (search, or params.yaml as is) and write them for train.
+
+    With tuning disabled nothing is searched or logged: the study folder holds an empty
+    trials table, the same on every run.
+    """
     paths.STUDY_DIR.mkdir(parents=True, exist_ok=True)
+    if not params.tune.enabled:
+        chosen = chosen_hyperparameters(params)
+        write_json(paths.HYPERPARAMS, chosen)
+        empty = pd.DataFrame(columns=["number", "state", "value"])
+        write_with(paths.TRIALS, lambda path: empty.to_csv(path, index=False))
+        log.info("tune.enabled is false: %s as in params.yaml", chosen)
+        return chosen
+    kind = tunable_kind(params)
     with stage_run("tune", params) as parent:
-        if not params.tune.enabled:
-            chosen, trials = params.model, pd.DataFrame(columns=["number", "state", "value"])
-            mlflow.set_tag("tune.source", "params.yaml (tune.enabled is false)")
-        else:
-            workers = _start_workers(params.tune.n_jobs - 1, params_path, parent.info.run_id)
-            study = optimise(params, parent.info.run_id)
-            failed_workers = [w.args for w in workers if w.wait() != 0]
-            if failed_workers:
-                log.warning("%d tuning worker(s) failed: %s", len(failed_workers), failed_workers)
-            best = _best(study)
-            if best is None:
-                raise RuntimeError(f"study {study.study_name}: no trial completed")
-            chosen = suggest(optuna.trial.FixedTrial(best.params), params.tune.space, params.model)
-            trials = study.trials_dataframe()
-            mlflow.set_tags({"tune.source": "optuna", "tune.study": study.study_name})
-            mlflow.log_metrics({"best_val_uar": best.value, "best_trial": best.number})
-            _log_study_artifacts(study)
-        write_json(paths.HYPERPARAMS, chosen.model_dump(mode="json"))
+        workers = _start_workers(params.tune.n_jobs - 1, params_path, parent.info.run_id)
+        study = optimise(params, parent.info.run_id)
+        failed_workers = [w.args for w in workers if w.wait() != 0]
+        if failed_workers:
+            log.warning("%d tuning worker(s) failed: %s", len(failed_workers), failed_workers)
+        best = _best(study)
+        if best is None:
+            raise RuntimeError(f"study {study.study_name}: no trial completed")
+        sampled = kind.suggest(optuna.trial.FixedTrial(best.params), params)
+        chosen = chosen_hyperparameters(sampled)
+        trials = study.trials_dataframe()
+        mlflow.set_tags({"tune.source": "optuna", "tune.study": study.study_name})
+        mlflow.log_metrics({"best_val_uar": best.value, "best_trial": best.number})
+        _log_study_artifacts(study)
+        write_json(paths.HYPERPARAMS, chosen)
         write_with(paths.TRIALS, lambda path: trials.to_csv(path, index=False))
-        mlflow.log_params({f"chosen.{k}": v for k, v in chosen.model_dump().items()})
+        mlflow.log_params({f"chosen.{k}": v for k, v in chosen[kind.section].items()})
         mlflow.log_artifact(str(paths.HYPERPARAMS))
         mlflow.log_artifact(str(paths.TRIALS), "tune")
-    log.info("hyperparameters written to %s: %s", paths.HYPERPARAMS, chosen.model_dump())
+    log.info("hyperparameters written to %s: %s", paths.HYPERPARAMS, chosen)
     return chosen
 
 
 def run_worker(params: Params, worker: int, parent_run_id: str | None) -> None:
     """An extra worker on the same study (another process or machine); writes no outputs."""
-    _require_cnn(params)
+    tunable_kind(params)
     if parent_run_id is not None:
         use_experiment(params.mlflow.experiment)
         optimise(params, parent_run_id, worker)
