@@ -1,4 +1,4 @@
-"""Per-frame acoustic features and their per-clip statistics."""
+"""Per-frame acoustic features, their per-clip statistics, and log-mel frames."""
 
 from __future__ import annotations
 
@@ -10,16 +10,24 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_RATE, noise, tone
 
-from ser.config import FeatureParams
+from ser.config import FeatureParams, FrameParams
 from ser.features import (
     N_CHROMA,
     clip_features,
     feature_names,
     frame_feature_names,
     frame_features,
+    logmel_frames,
 )
 
-PARAMS = FeatureParams(n_mels=32, n_mfcc=13)
+
+def seed_params(**override) -> FeatureParams:
+    """The seed (librosa) set alone, small: 32 mel bands, 13 MFCCs."""
+    return FeatureParams(**{"sets": ["seed"], "n_mels": 32, "n_mfcc": 13, **override})
+
+
+PARAMS = seed_params()
+FRAMES = FrameParams(n_mels=16, max_frames=64)
 
 SIGNALS = {
     "tone": tone(0.6, 220),
@@ -34,7 +42,7 @@ SIGNALS = {
     "stats", [["mean"], ["mean", "std"], ["min", "max", "median", "skew", "kurtosis"]]
 )
 def test_vector_matches_names_and_is_finite(name, stats):
-    params = FeatureParams(n_mels=32, n_mfcc=13, stats=stats)
+    params = seed_params(stats=stats)
     vector = clip_features(SIGNALS[name], SAMPLE_RATE, params)
     assert vector.shape == (len(feature_names(params)),)
     assert vector.dtype == np.float32
@@ -42,7 +50,7 @@ def test_vector_matches_names_and_is_finite(name, stats):
 
 
 def test_names_are_unique_and_statistic_major():
-    names = feature_names(FeatureParams(n_mels=32, n_mfcc=13, stats=["mean", "std"]))
+    names = feature_names(seed_params(stats=["mean", "std"]))
     per_frame = 2 + N_CHROMA + 32 + 13
     assert len(names) == len(set(names)) == 2 * per_frame
     assert names[0] == "zcr_mean"
@@ -59,16 +67,16 @@ def test_frame_features_follow_frame_names():
 
 def test_statistics_are_selected_by_name():
     signal = noise(0.5, 0.1, seed=3)
-    both = clip_features(signal, SAMPLE_RATE, FeatureParams(n_mels=32, n_mfcc=13))
-    mean = clip_features(signal, SAMPLE_RATE, FeatureParams(n_mels=32, n_mfcc=13, stats=["mean"]))
-    std = clip_features(signal, SAMPLE_RATE, FeatureParams(n_mels=32, n_mfcc=13, stats=["std"]))
+    both = clip_features(signal, SAMPLE_RATE, PARAMS)
+    mean = clip_features(signal, SAMPLE_RATE, seed_params(stats=["mean"]))
+    std = clip_features(signal, SAMPLE_RATE, seed_params(stats=["std"]))
     np.testing.assert_allclose(both, np.concatenate([mean, std]), rtol=1e-6)
     frames = frame_features(signal, SAMPLE_RATE, PARAMS)
     np.testing.assert_allclose(mean, frames.mean(axis=1), rtol=1e-5)
 
 
 def test_order_statistics_are_consistent():
-    params = FeatureParams(n_mels=32, n_mfcc=13, stats=["min", "median", "max"])
+    params = seed_params(stats=["min", "median", "max"])
     low, middle, high = np.split(clip_features(noise(0.5), SAMPLE_RATE, params), 3)
     assert np.all(low <= middle)
     assert np.all(middle <= high)
@@ -77,7 +85,7 @@ def test_order_statistics_are_consistent():
 @pytest.mark.parametrize("n_mels", [32, 64])
 def test_no_empty_mel_band_up_to_nyquist(n_mels):
     """fmax is the Nyquist frequency, so every band, the top ones included, sees energy."""
-    params = FeatureParams(n_mels=n_mels, n_mfcc=13, stats=["mean"])
+    params = seed_params(n_mels=n_mels, stats=["mean"])
     vector = clip_features(noise(1.0, 0.1), SAMPLE_RATE, params)
     log_mel = vector[[n.startswith("logmel_") for n in feature_names(params)]]
     assert len(log_mel) == n_mels
@@ -88,7 +96,7 @@ def test_no_empty_mel_band_up_to_nyquist(n_mels):
 
 
 def test_mel_bands_track_where_the_energy_is():
-    params = FeatureParams(n_mels=32, n_mfcc=13, stats=["mean"])
+    params = seed_params(stats=["mean"])
     names = feature_names(params)
     low = dict(zip(names, clip_features(tone(0.5, 200), SAMPLE_RATE, params), strict=True))
     high = dict(zip(names, clip_features(tone(0.5, 6000), SAMPLE_RATE, params), strict=True))
@@ -98,7 +106,7 @@ def test_mel_bands_track_where_the_energy_is():
 
 
 def test_louder_clip_has_higher_rms_feature():
-    params = FeatureParams(n_mels=32, n_mfcc=13, stats=["mean"])
+    params = seed_params(stats=["mean"])
     index = feature_names(params).index("rms_mean")
     quiet = clip_features(tone(0.5, amplitude=0.05), SAMPLE_RATE, params)[index]
     loud = clip_features(tone(0.5, amplitude=0.5), SAMPLE_RATE, params)[index]
@@ -123,16 +131,14 @@ def test_opensmile_sets_give_named_finite_vectors(feature_set, size):
 
 
 def test_sets_combine_in_the_order_given():
-    params = FeatureParams(sets=["egemaps", "seed"], n_mels=32, n_mfcc=13)
+    params = seed_params(sets=["egemaps", "seed"])
     names = feature_names(params)
-    seed_names = feature_names(FeatureParams(n_mels=32, n_mfcc=13))
+    seed_names = feature_names(PARAMS)
     assert names[:88] == feature_names(FeatureParams(sets=["egemaps"]))
     assert names[88:] == seed_names
     signal = tone(0.6)
     combined = clip_features(signal, SAMPLE_RATE, params)
-    np.testing.assert_array_equal(
-        combined[88:], clip_features(signal, SAMPLE_RATE, FeatureParams(n_mels=32, n_mfcc=13))
-    )
+    np.testing.assert_array_equal(combined[88:], clip_features(signal, SAMPLE_RATE, PARAMS))
 
 
 def test_opensmile_works_beside_tensorflow_in_one_process():
@@ -151,3 +157,77 @@ def test_opensmile_works_beside_tensorflow_in_one_process():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("(88,)")
+
+
+def test_logmel_frames_are_time_by_bands():
+    signal = tone(0.5)
+    frames = logmel_frames(signal, SAMPLE_RATE, FRAMES)
+    assert frames.shape == (1 + len(signal) // FRAMES.hop_length, FRAMES.n_mels)
+    assert frames.dtype == np.float32
+    assert frames.flags.c_contiguous
+
+
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_logmel_frames_are_finite_float32(name):
+    frames = logmel_frames(SIGNALS[name], SAMPLE_RATE, FRAMES)
+    assert frames.dtype == np.float32
+    assert frames.shape[1] == FRAMES.n_mels
+    assert np.isfinite(frames).all()
+
+
+def test_silence_gives_the_floor_not_minus_infinity():
+    frames = logmel_frames(SIGNALS["silence"], SAMPLE_RATE, FRAMES)
+    np.testing.assert_allclose(frames, -100.0, atol=1e-4)
+
+
+def test_a_long_clip_keeps_its_middle_max_frames():
+    signal = noise(3.0, seed=4)
+    whole = logmel_frames(signal, SAMPLE_RATE, FRAMES.model_copy(update={"max_frames": 10_000}))
+    assert len(whole) == 1 + len(signal) // FRAMES.hop_length == 151
+    cropped = logmel_frames(signal, SAMPLE_RATE, FRAMES)
+    start = (len(whole) - FRAMES.max_frames) // 2
+    assert start == 43
+    np.testing.assert_array_equal(cropped, whole[start : start + FRAMES.max_frames])
+
+
+def test_the_crop_is_the_middle_of_the_clip_not_its_start():
+    """Three seconds of 300, 1000 and 3000 Hz: a crop of under a second sees only 1000 Hz."""
+    signal = np.concatenate([tone(1.0, 300), tone(1.0, 1000), tone(1.0, 3000)])
+    params = FrameParams(n_mels=40, max_frames=40)
+    frames = logmel_frames(signal, SAMPLE_RATE, params)
+    assert len(frames) == 40
+    loudest = set(frames.argmax(axis=1).tolist())
+    only_middle = set(logmel_frames(tone(1.0, 1000), SAMPLE_RATE, params).argmax(axis=1).tolist())
+    assert loudest <= only_middle
+
+
+@pytest.mark.parametrize("samples", [1, 100, 639, 640, 641])
+def test_a_signal_shorter_than_the_window_is_padded(samples):
+    signal = tone(1.0)[:samples]
+    frames = logmel_frames(signal, SAMPLE_RATE, FRAMES)
+    padded = max(samples, FRAMES.win_length)
+    assert frames.shape == (1 + padded // FRAMES.hop_length, FRAMES.n_mels)
+    assert np.isfinite(frames).all()
+
+
+def test_a_clip_under_max_frames_is_not_padded_to_it():
+    frames = logmel_frames(tone(1.0), SAMPLE_RATE, FRAMES)
+    assert len(frames) == 1 + SAMPLE_RATE // FRAMES.hop_length < FRAMES.max_frames
+
+
+def test_logmel_bands_track_where_the_energy_is():
+    low = logmel_frames(tone(0.5, 200), SAMPLE_RATE, FRAMES).mean(axis=0)
+    high = logmel_frames(tone(0.5, 6000), SAMPLE_RATE, FRAMES).mean(axis=0)
+    assert low.argmax() < FRAMES.n_mels // 4
+    assert high.argmax() > 3 * FRAMES.n_mels // 4
+    assert low[0] > high[0] + 20
+    assert high[-2] > low[-2] + 20
+
+
+def test_frame_settings_change_the_frames():
+    signal = noise(0.5, seed=1)
+    base = logmel_frames(signal, SAMPLE_RATE, FRAMES)
+    for update in ({"n_mels": 24}, {"hop_length": 160}, {"fmin": 300.0}, {"fmax": 4000.0}):
+        other = logmel_frames(signal, SAMPLE_RATE, FRAMES.model_copy(update=update))
+        assert other.shape != base.shape or not np.allclose(other, base), update
+    np.testing.assert_array_equal(base, logmel_frames(signal, SAMPLE_RATE, FRAMES))

@@ -1,4 +1,5 @@
-"""``ser predict``: one line per file, folders walked, unusable files reported."""
+"""``ser predict``: one line per file with every model kind, folders walked, unusable
+files reported."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import os
 import numpy as np
 import pytest
 import soundfile
-from conftest import SAMPLE_RATE, noise, tone, write_audio
+from conftest import SAMPLE_RATE, TRAINED_KINDS, noise, tone, write_audio
 
 from ser import EMOTIONS
 from ser.classifier import Classifier
 from ser.cli import main
-from ser.predict import audio_files, featurise, predict_files, write_predictions
+from ser.dataset import FRAMES_COLUMN
+from ser.features import feature_names
+from ser.models.base import CLIP, FRAMES
+from ser.predict import audio_files, feature_rows, featurise, predict_files, write_predictions
 
 
 @pytest.fixture
@@ -44,41 +48,119 @@ def test_folders_are_walked_for_audio_files(clips, tmp_path):
     assert list(audio_files([extra, folder / "a.wav"])) == [extra, folder / "a.wav"]
 
 
-def test_csv_has_a_header_and_one_line_per_file(clips, trained_model_dir):
+@pytest.mark.parametrize("kind", TRAINED_KINDS)
+def test_csv_has_a_header_and_one_line_per_file(clips, trained_models, kind):
     folder, good, broken = clips
     out = io.StringIO()
-    failures = write_predictions([folder], trained_model_dir, as_json=False, out=out)
+    failures = write_predictions([folder], trained_models[kind], as_json=False, out=out)
     assert failures == 1
     rows = list(csv.reader(io.StringIO(out.getvalue())))
     assert rows[0] == ["path", "label", *EMOTIONS]
     assert [row[0] for row in rows[1:]] == [str(p) for p in sorted(good)]
     assert str(broken) not in out.getvalue()
+    classifier = Classifier.load(trained_models[kind])
+    expected = {str(path): result for path, _, result in predict_files(sorted(good), classifier)}
     for row in rows[1:]:
         probabilities = [float(p) for p in row[2:]]
         assert row[1] == EMOTIONS[int(np.argmax(probabilities))]
         assert sum(probabilities) == pytest.approx(1, abs=1e-3)
+        np.testing.assert_allclose(probabilities, expected[row[0]], atol=5e-5)
 
 
-def test_json_lines(clips, trained_model_dir):
+@pytest.mark.parametrize("kind", TRAINED_KINDS)
+def test_json_lines(clips, trained_models, kind):
     _, good, _ = clips
     out = io.StringIO()
-    failures = write_predictions([*good], trained_model_dir, as_json=True, out=out)
+    failures = write_predictions([*good], trained_models[kind], as_json=True, out=out)
     assert failures == 0
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["path"] for r in records] == [str(p) for p in good]
-    for record in records:
+    classifier = Classifier.load(trained_models[kind])
+    expected = [probabilities for _, _, probabilities in predict_files(good, classifier)]
+    for record, probabilities in zip(records, expected, strict=True):
         assert set(record) == {"path", "label", "probabilities"}
         assert list(record["probabilities"]) == list(EMOTIONS)
         assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
+        np.testing.assert_allclose(list(record["probabilities"].values()), probabilities, rtol=1e-6)
 
 
-def test_predictions_match_the_classifier_on_the_same_features(clips, trained_model_dir):
+@pytest.mark.parametrize("kind", TRAINED_KINDS)
+def test_predictions_match_the_classifier_on_the_same_features(clips, trained_models, kind):
     _, good, _ = clips
-    classifier = Classifier.load(trained_model_dir)
+    classifier = Classifier.load(trained_models[kind])
     results = list(predict_files(good, classifier, batch_size=2))  # batches of 2 and 1
     assert [path for path, _, _ in results] == good
-    expected = classifier.predict_proba(np.vstack([featurise(p, classifier) for p in good]))
+    vectors, frames = zip(*(featurise(p, classifier) for p in good), strict=True)
+    expected = classifier.predict_proba(feature_rows(list(vectors), list(frames), classifier))
+    assert expected.shape == (len(good), len(EMOTIONS))
+    np.testing.assert_allclose(
+        np.vstack([r for _, _, r in results]), expected, rtol=1e-5, atol=1e-6
+    )
+    assert [label for _, label, _ in results] == classifier.predict(
+        feature_rows(list(vectors), list(frames), classifier)
+    )
+
+
+@pytest.mark.parametrize("kind", TRAINED_KINDS)
+def test_featurise_computes_only_what_the_model_reads(clips, trained_models, kind):
+    _, good, _ = clips
+    classifier = Classifier.load(trained_models[kind])
+    vector, frames = featurise(good[0], classifier)
+    if CLIP in classifier.inputs:
+        assert vector.shape == (len(feature_names(classifier.features)),)
+    else:
+        assert vector is None
+    if FRAMES in classifier.inputs:
+        assert frames.dtype == np.float32
+        assert frames.shape[1] == classifier.frames.n_mels
+        assert len(frames) <= classifier.frames.max_frames
+    else:
+        assert frames is None
+
+
+@pytest.mark.parametrize("kind", TRAINED_KINDS)
+def test_feature_rows_are_shaped_like_the_feature_table(clips, trained_models, kind):
+    _, good, _ = clips
+    classifier = Classifier.load(trained_models[kind])
+    vectors, frames = zip(*(featurise(p, classifier) for p in good), strict=True)
+    rows = feature_rows(list(vectors), list(frames), classifier)
+    names = feature_names(classifier.features) if CLIP in classifier.inputs else []
+    expected_columns = [*names, *([FRAMES_COLUMN] if FRAMES in classifier.inputs else [])]
+    assert list(rows.columns) == expected_columns
+    assert len(rows) == len(good)
+    if names:
+        np.testing.assert_array_equal(rows[names].to_numpy(), np.vstack(vectors))
+    if FRAMES in classifier.inputs:
+        for row_frames, clip_frames in zip(rows[FRAMES_COLUMN], frames, strict=True):
+            np.testing.assert_array_equal(row_frames, clip_frames)
+
+
+def per_speaker(classifier: Classifier) -> Classifier:
+    """The classifier as if trained with ``features.speaker_norm: per_speaker``."""
+    features = classifier.features.model_copy(update={"speaker_norm": "per_speaker"})
+    return dataclasses.replace(classifier, features=features)
+
+
+def test_per_speaker_rows_are_standardised_together(clips, trained_models):
+    _, good, _ = clips
+    classifier = per_speaker(Classifier.load(trained_models["logreg"]))
+    vectors, frames = zip(*(featurise(p, classifier) for p in good), strict=True)
+    rows = feature_rows(list(vectors), list(frames), classifier)
+    values = rows[feature_names(classifier.features)].to_numpy()
+    varying = np.vstack(vectors).std(axis=0) > 0
+    np.testing.assert_allclose(values.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(values.std(axis=0)[varying], 1, rtol=1e-4)
+    results = list(predict_files(good, classifier, batch_size=1))  # one batch all the same
+    expected = classifier.predict_proba(rows)
     np.testing.assert_allclose(np.vstack([r for _, _, r in results]), expected, rtol=1e-5)
+
+
+def test_per_speaker_needs_two_clips(clips, trained_models):
+    _, good, _ = clips
+    classifier = per_speaker(Classifier.load(trained_models["logreg"]))
+    [(path, label, reason)] = predict_files(good[:1], classifier)
+    assert (path, label) == (good[0], None)
+    assert reason == "per-speaker normalisation needs 2 or more clips of the speaker"
 
 
 def test_unusable_files_are_yielded_with_the_reason(clips, trained_model_dir, tmp_path):
@@ -96,21 +178,37 @@ def test_unusable_files_are_yielded_with_the_reason(clips, trained_model_dir, tm
     assert results[missing] == (None, "no such file or directory")
 
 
-def test_command_prints_csv_and_exits_1_on_a_bad_file(clips, trained_model_dir, capsys, caplog):
+@pytest.mark.parametrize("kind", TRAINED_KINDS)
+def test_command_prints_csv_and_exits_1_on_a_bad_file(clips, trained_models, kind, capsys, caplog):
     folder, good, broken = clips
     with caplog.at_level(logging.ERROR, logger="ser"):
-        code = main(["predict", str(folder), "--model-dir", str(trained_model_dir)])
+        code = main(["predict", str(folder), "--model-dir", str(trained_models[kind])])
     assert code == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == ",".join(["path", "label", *EMOTIONS])
-    assert len(lines) == 1 + len(good)
+    assert [line.split(",")[0] for line in lines[1:]] == [str(p) for p in sorted(good)]
+    assert all(line.split(",")[1] in EMOTIONS for line in lines[1:])
     assert f"{broken}: not readable audio" in caplog.text
 
 
-def test_command_exits_0_when_every_file_is_usable(clips, trained_model_dir, capsys):
+@pytest.mark.parametrize("kind", TRAINED_KINDS)
+def test_command_prints_json_and_exits_0_when_every_file_is_usable(
+    clips, trained_models, kind, capsys
+):
     _, good, _ = clips
-    assert main(["predict", *map(str, good), "--json", "--model-dir", str(trained_model_dir)]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == len(good)
+    model_dir = str(trained_models[kind])
+    assert main(["predict", *map(str, good), "--json", "--model-dir", model_dir]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["path"] for record in records] == [str(p) for p in good]
+    assert all(record["label"] in EMOTIONS for record in records)
+
+
+def test_a_frames_model_needs_no_second_clip_under_per_speaker_features(clips, trained_models):
+    """features.speaker_norm standardises clip vectors; a model of frames alone never reads them."""
+    _, good, _ = clips
+    classifier = per_speaker(Classifier.load(trained_models["spectrogram_cnn"]))
+    [(path, label, result)] = predict_files(good[:1], classifier)
+    assert (path, label) == (good[0], EMOTIONS[int(np.argmax(result))])
 
 
 def test_a_folder_without_audio_fails_before_the_model_loads(tmp_path, capsys, caplog):

@@ -1,20 +1,31 @@
-"""The preprocess stage: report of skipped files, and atomic outputs when a later step fails."""
+"""The preprocess stage: features and frames of usable clips, a report of skipped files,
+and atomic outputs when a later step fails."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_params, tone, write_audio, write_ravdess_corpus
 
-from ser import paths
+from ser import ORIGINAL, paths
+from ser.audio import load_clip
+from ser.dataset import FRAMES_COLUMN, load_features
+from ser.features import logmel_frames
 from ser.manifest import Problem
 from ser.preprocess import run, summarise
 from ser.split import SplitError
 
-OUTPUTS = (paths.MANIFEST, paths.FEATURES, paths.PREPROCESS_REPORT)
+OUTPUTS = (paths.MANIFEST, paths.FEATURES, paths.FRAMES, paths.PREPROCESS_REPORT)
+
+
+def expected_rows(manifest: pd.DataFrame) -> int:
+    """One row per usable clip, plus its noise copy for a training clip."""
+    return len(manifest) + int((manifest["split"] == "train").sum())
 
 
 def stage_params(workspace, **override):
@@ -66,23 +77,58 @@ def test_outputs_hold_usable_clips_only(workspace):
     assert not manifest["path"].str.contains("broken").any()
     assert set(features["path"]) == set(manifest["path"])
     assert report["speakers"] == 6
-    assert {s: len(v["speakers"]) for s, v in report["splits"].items()} == {
-        "train": 4,
-        "val": 1,
-        "test": 1,
+    speakers = {s: len(v["speakers"]) for s, v in report["splits"].items()}
+    assert set(speakers) == {"train", "val", "test"} and sum(speakers.values()) == 6
+    assert {s: v["clips"] for s, v in report["splits"].items()} == {
+        s: 7 * n for s, n in speakers.items()
     }
-    assert report["extraction"]["vectors"] == len(features) == 6 * 7 + 4 * 7  # + noise copies
-    assert report["extraction"]["computed_clips"] == 6 * 7 + 1  # the silent clip was tried
+    assert len(features) == expected_rows(manifest) == 6 * 7 + 7 * speakers["train"]
+    assert FRAMES_COLUMN not in features.columns
 
 
-def test_rerun_uses_the_feature_cache(workspace):
+def test_frames_are_written_row_by_row_beside_the_features(workspace):
     params = stage_params(workspace)
     run(params)
-    first = paths.FEATURES.read_bytes()
+    rows = load_features(paths.FEATURES, paths.FRAMES)
+    pd.testing.assert_frame_equal(rows.drop(columns=FRAMES_COLUMN), pd.read_parquet(paths.FEATURES))
+    assert len(rows) == expected_rows(pd.read_parquet(paths.MANIFEST))
+    for frames in rows[FRAMES_COLUMN]:
+        assert frames.dtype == np.float32
+        assert frames.shape[1] == params.frames.n_mels
+        assert 1 <= len(frames) <= params.frames.max_frames
+    originals = rows[(rows["augmentation"] == ORIGINAL) & (rows["split"] != "train")]
+    assert len(originals) >= 2 * 7
+    for row in originals.itertuples():
+        signal = load_clip(Path(row.path), params.audio)
+        expected = logmel_frames(signal, params.audio.sample_rate, params.frames)
+        np.testing.assert_array_equal(getattr(row, FRAMES_COLUMN), expected, err_msg=row.path)
+
+
+def test_report_holds_no_run_specific_facts(workspace):
+    params = stage_params(workspace)
     report = run(params)
-    assert report["extraction"]["cached_clips"] == 6 * 7
-    assert report["extraction"]["computed_clips"] == 1  # only the failing clip is retried
-    assert paths.FEATURES.read_bytes() == first
+    assert set(report) == {"clips", "speakers", "skipped", "splits", "problems"}
+    first = paths.PREPROCESS_REPORT.read_bytes()
+    again = run(params)  # served from the cache, a second later
+    assert again == report
+    assert paths.PREPROCESS_REPORT.read_bytes() == first
+
+
+def test_rerun_uses_the_feature_cache_and_tells_mlflow(workspace):
+    params = stage_params(workspace)
+    run(params)
+    written = {path: path.read_bytes() for path in (paths.FEATURES, paths.FRAMES)}
+    run(params)
+    assert {path: path.read_bytes() for path in written} == written
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(params.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attribute.start_time ASC"])
+    assert [r.data.tags["ser.stage"] for r in runs] == ["preprocess", "preprocess"]
+    first, second = (r.data.metrics for r in runs)
+    assert (first["extracted_clips"], first["cached_clips"]) == (6 * 7 + 1, 0)
+    assert (second["extracted_clips"], second["cached_clips"]) == (1, 6 * 7)  # the silent clip
+    assert first["extraction_seconds"] > 0
+    assert second["feature_rows"] == expected_rows(pd.read_parquet(paths.MANIFEST))
 
 
 def test_a_failing_split_leaves_earlier_outputs_intact(workspace):

@@ -15,7 +15,7 @@ import pandas as pd
 from ser import EMOTIONS
 from ser.config import AudioParams, FeatureParams, FrameParams
 from ser.models import kind_named
-from ser.models.base import Model, ModelError
+from ser.models.base import CLIP, Model, ModelError
 
 CLASSIFIER_FILE = "classifier.json"
 
@@ -36,6 +36,11 @@ class Classifier:
     def inputs(self) -> frozenset[str]:
         """What the model reads of each row: ``clip`` (the feature vector), ``frames``."""
         return kind_named(self.kind).inputs
+
+    @property
+    def speaker_normalised(self) -> bool:
+        """Whether its clip features were standardised per speaker (frames never are)."""
+        return CLIP in self.inputs and self.features.speaker_norm == "per_speaker"
 
     def predict_proba(self, rows: pd.DataFrame) -> np.ndarray:
         return self.model.predict_proba(rows)

@@ -125,7 +125,7 @@ class FrameParams(_Section):
 
 
 class ModelParams(_Section):
-    kind: ModelKind = "spectrogram_cnn"
+    kind: ModelKind = "fusion"
 
 
 class PreprocessingParams(_Section):
@@ -178,7 +178,7 @@ class SpectrogramCnnParams(_Section):
 
 class FusionParams(_Section):
     weights: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1
+        default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1
     )
 
 
@@ -296,6 +296,16 @@ class Params(_Section):
     tune: TuneParams = TuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _frames_below_nyquist(self) -> Params:
+        nyquist = self.audio.sample_rate / 2
+        if self.frames.fmax is not None and self.frames.fmax > nyquist:
+            raise ValueError(
+                f"frames.fmax ({self.frames.fmax:g} Hz) is above the Nyquist frequency of "
+                f"audio.sample_rate ({nyquist:g} Hz)"
+            )
+        return self
 
 
 def _describe(error: ValidationError, source: Path) -> str:

@@ -72,7 +72,7 @@ def run(params: Params) -> dict[str, float]:
 
     headline = summary(truth, predicted)
     # per-speaker normalisation uses the test speakers' own statistics: never the headline
-    scope = "test" if classifier.features.speaker_norm == "none" else "test_speaker_normalised"
+    scope = "test_speaker_normalised" if classifier.speaker_normalised else "test"
     counts = confusion(truth, predicted, labels)
     details = {
         scope: headline,

@@ -61,7 +61,7 @@ def feature_rows(
     columns: dict[str, object] = {}
     if CLIP in classifier.inputs:
         values = np.vstack(vectors)
-        if classifier.features.speaker_norm == "per_speaker":
+        if classifier.speaker_normalised:
             mean, spread = speaker_statistics(values)
             values = (values - mean) / spread
         columns |= dict(zip(feature_names(classifier.features), values.T, strict=True))
@@ -74,7 +74,7 @@ def predict_files(
     inputs: Iterable[Path], classifier: Classifier, batch_size: int = 32
 ) -> Iterator[tuple[Path, str | None, np.ndarray | str]]:
     """Yield (path, label, probabilities) per file, or (path, None, reason) when unusable."""
-    per_speaker = classifier.features.speaker_norm == "per_speaker"
+    per_speaker = classifier.speaker_normalised
     files = audio_files(inputs)
     while batch := list(islice(files, None if per_speaker else batch_size)):
         usable, vectors, frames = [], [], []
