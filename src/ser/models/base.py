@@ -127,16 +127,21 @@ class ValidationUAR(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Records each epoch's metrics and learning rate, and logs them as progress."""
+    """Records each epoch's metrics and the learning rate it trained with; logs progress."""
 
     def __init__(self, title: str, epochs: int) -> None:
         super().__init__()
         self.title, self.epochs = title, epochs
         self.rows: list[dict[str, float]] = []
+        self.rate = float("nan")
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        # read here: ReduceLROnPlateau lowers the rate at the end of an epoch, before us
+        self.rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row["learning_rate"] = self.rate
         self.rows.append(row)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
         log.info("%s epoch %d/%d: %s", self.title, epoch + 1, self.epochs, shown)
