@@ -243,6 +243,14 @@ class SpectrogramCnn(Model):
         self.network = network
         self.fill = np.array(network.get_layer("band_normalisation").mean, np.float32)
         self.multiple = 2 ** sum(isinstance(la, layers.MaxPooling2D) for la in network.layers)
+        signature = [
+            tf.TensorSpec((None, None, len(self.fill)), tf.float32),
+            tf.TensorSpec((None,), tf.int32),
+        ]  # one trace serves every batch size and clip length
+        self.infer = tf.function(
+            lambda frames, lengths: network({"frames": frames, "lengths": lengths}, training=False),
+            input_signature=signature,
+        )
 
     def predict_proba(self, rows: pd.DataFrame) -> np.ndarray:
         """Clips batched by length; each clip's probabilities are those it has alone."""
@@ -252,8 +260,7 @@ class SpectrogramCnn(Model):
         for start in range(0, len(order), PREDICT_BATCH):
             chosen = order[start : start + PREDICT_BATCH]
             batch, lengths = pad([frames[i] for i in chosen], self.fill, self.multiple)
-            inputs = {"frames": batch, "lengths": lengths}
-            probabilities[chosen] = np.asarray(self.network.predict_on_batch(inputs))
+            probabilities[chosen] = self.infer(batch, lengths).numpy()
         return probabilities
 
     def training_batches(self, rows: pd.DataFrame, params: Params) -> TrainingBatches:
@@ -306,6 +313,7 @@ def train(rows: pd.DataFrame, params: Params, title: str, callbacks: Callbacks) 
         batches.dataset(),
         epochs=hp.epochs,
         steps_per_epoch=len(batches),
+        shuffle=False,  # TrainingBatches shuffles, seeded
         verbose=0,
         callbacks=[*callbacks, progress],
     )
