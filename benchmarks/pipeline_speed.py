@@ -70,11 +70,13 @@ def timed_extraction(manifest: pd.DataFrame, params: Params, scratch: Path) -> t
     cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=scratch))
     params = with_changes(params, "features", cache_dir=cache_dir)
     started = time.perf_counter()
-    table, errors, _ = extract_features(manifest, params)
+    extracted = extract_features(manifest, params)
     seconds = time.perf_counter() - started
-    if errors:
-        log.warning("%d clips failed: %s", len(errors), next(iter(errors.items())))
-    return seconds, len(table)
+    if extracted.errors:
+        log.warning(
+            "%d clips failed: %s", len(extracted.errors), next(iter(extracted.errors.items()))
+        )
+    return seconds, len(extracted.table)
 
 
 def measure_extraction(manifest: pd.DataFrame, params: Params, scratch: Path) -> list[Row]:
@@ -165,8 +167,17 @@ def timed_repro(repo: Path) -> tuple[float, dict[str, float]]:
 
 
 def extraction_report(repo: Path) -> dict[str, int]:
-    report = json.loads((repo / "reports/preprocess.json").read_text())
-    return {"clips": report["clips"], **report["extraction"]}
+    """Clips of the last preprocess run and how many it extracted (from its MLflow run)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ser")
+    (latest,) = client.search_runs(
+        [experiment.experiment_id], "tags.`ser.stage` = 'preprocess'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )  # fmt: skip
+    metrics = latest.data.metrics
+    return {"clips": int(metrics["clips"]), "computed_clips": int(metrics["extracted_clips"])}
 
 
 def measure_repro(corpus: Path, repo: Path) -> list[Row]:
@@ -206,6 +217,7 @@ def measure_latency(model_dir: Path, clips: list[Path]) -> list[Row]:
     started = time.perf_counter()
     classifier = Classifier.load(model_dir)
     load_seconds = time.perf_counter() - started
+
     def rows(path: Path):
         vector, frames = featurise(path, classifier)
         return feature_rows([vector], [frames], classifier)
@@ -266,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             rows += measure_repro(args.corpus, Path(scratch) / "project")
             model_dir = Path(scratch) / "project" / "models"
-        if (model_dir / "model.keras").is_file():
+        if (model_dir / "classifier.json").is_file():
             clips = [Path(p) for p in every_nth(manifest, LATENCY_CLIPS)["path"]]
             rows += measure_latency(model_dir, clips)
         else:
