@@ -343,7 +343,7 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def trained_model_dir(trained_models: dict[str, Path]) -> Path:
-    """``models/`` of a tiny model of the default kind (the spectrogram CNN)."""
+    """``models/`` of a tiny spectrogram CNN (every kind that reads frames has one)."""
     return trained_models["spectrogram_cnn"]
 
 

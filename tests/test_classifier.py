@@ -1,252 +1,198 @@
-"""The saved classifier: estimator, preprocessing, label encoder and feature config travel together."""
+"""The saved classifier: a model of one kind and its feature configuration travel together."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from pathlib import Path
 
-import joblib
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import TINY_MODEL, make_params
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
+from conftest import TRAINED_KINDS, feature_table, make_params
 
 from ser import EMOTIONS
-from ser.classifier import (
-    ESTIMATOR_FILE,
-    NETWORK_FILE,
-    Classifier,
-    ModelError,
-    fit_preprocessing,
-    label_encoder,
+from ser.classifier import CLASSIFIER_FILE, Classifier
+from ser.config import AudioParams, FeatureParams, FrameParams
+from ser.dataset import select
+from ser.models.base import Model, ModelError
+
+KIND_FILES = {
+    "spectrogram_cnn": {"spectrogram_cnn.keras"},
+    "seed_cnn": {"model.keras", "preprocessing.joblib"},
+    "logreg": {"model.joblib", "preprocessing.joblib"},
+    "linear_svm": {"model.joblib", "preprocessing.joblib"},
+    "fusion": {
+        "fusion.json",
+        "spectrogram_cnn/spectrogram_cnn.keras",
+        "logreg/model.joblib",
+        "logreg/preprocessing.joblib",
+    },
+}
+"""What each kind writes besides classifier.json, relative to the models folder."""
+
+
+def files_under(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def rows() -> pd.DataFrame:
+    """Test rows of a table like the one the tiny models were fitted on (vectors and frames)."""
+    return select(feature_table(make_params(), seed=3), "test")
+
+
+def test_every_kind_has_its_expected_files():
+    assert set(KIND_FILES) == set(TRAINED_KINDS)
+
+
+@pytest.mark.parametrize("kind", TRAINED_KINDS)
+def test_save_writes_classifier_json_and_the_kinds_files(trained_models, tmp_path, rows, kind):
+    classifier = Classifier.load(trained_models[kind])
+    assert classifier.kind == kind
+    target = tmp_path / "models"
+    written = classifier.save(target)
+    assert {str(p.relative_to(target)) for p in written} == {CLASSIFIER_FILE, *KIND_FILES[kind]}
+    assert files_under(target) == {CLASSIFIER_FILE, *KIND_FILES[kind]}
+    assert [p.name for p in tmp_path.iterdir()] == ["models"]  # no staging folder left behind
+    reloaded = Classifier.load(target)
+    assert reloaded.kind == kind
+    np.testing.assert_array_equal(reloaded.predict_proba(rows), classifier.predict_proba(rows))
+
+
+def test_save_replaces_a_folder_holding_another_kinds_model(trained_models, tmp_path, rows):
+    target = tmp_path / "models"
+    for kind in ("seed_cnn", "logreg", "fusion", "spectrogram_cnn", "linear_svm"):
+        Classifier.load(trained_models[kind]).save(target)
+        assert files_under(target) == {CLASSIFIER_FILE, *KIND_FILES[kind]}, kind
+        assert Classifier.load(target).kind == kind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+class BrokenModel(Model):
+    """A model whose save writes one file, then fails."""
+
+    kind = "logreg"
+
+    def predict_proba(self, rows: pd.DataFrame) -> np.ndarray:
+        return np.full((len(rows), len(EMOTIONS)), 1 / len(EMOTIONS), np.float32)
+
+    def save(self, directory: Path) -> list[Path]:
+        (directory / "model.joblib").write_bytes(b"half a model")
+        raise OSError("disk full")
+
+
+def test_a_failed_save_leaves_the_previous_model_in_place(trained_models, tmp_path, rows):
+    target = tmp_path / "models"
+    shutil.copytree(trained_models["spectrogram_cnn"], target)
+    before = files_under(target)
+    expected = Classifier.load(target).predict_proba(rows)
+    params = make_params()
+    broken = Classifier("logreg", BrokenModel(), params.audio, params.features, params.frames)
+    with pytest.raises(OSError, match="disk full"):
+        broken.save(target)
+    assert files_under(target) == before
+    np.testing.assert_array_equal(Classifier.load(target).predict_proba(rows), expected)
+
+
+@pytest.mark.parametrize(
+    "old_files",
+    [
+        ("model.keras", "preprocessing.joblib", "feature_config.json"),  # the old CNN
+        ("model.joblib", "preprocessing.joblib", "feature_config.json"),  # an old baseline
+        ("model.keras", "preprocessing.joblib"),
+    ],
 )
-from ser.config import AudioParams, FeatureParams, ModelParams
-from ser.features import feature_names
-from ser.model import build_cnn
+def test_an_old_format_folder_is_refused_naming_the_folder(trained_models, tmp_path, old_files):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in old_files:
+        source = trained_models["seed_cnn"] / name
+        if source.is_file():
+            shutil.copy(source, folder / name)
+        else:
+            (folder / name).write_text("{}")
+    message = rf"{re.escape(str(folder))}: saved by an older version of ser .*train stage again"
+    with pytest.raises(ModelError, match=message):
+        Classifier.load(folder)
 
 
-def test_label_encoder_has_the_seven_labels_in_order():
-    encoder = label_encoder()
-    assert [str(c) for c in encoder.categories_[0]] == list(EMOTIONS)
-    one_hot = encoder.transform(np.array([["sad"], ["neutral"]]))
-    np.testing.assert_array_equal(one_hot.argmax(axis=1), [EMOTIONS.index("sad"), 0])
-
-
-def test_saved_model_predicts_like_the_original(trained_model_dir):
-    classifier = Classifier.load(trained_model_dir)
-    values = np.random.default_rng(0).normal(size=(300, len(classifier.feature_names)))
-    probabilities = classifier.predict_proba(values)
-    copy = trained_model_dir.parent / "copy"
-    written = classifier.save(copy)
-    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in written)
-    assert {p.name for p in written} == {
-        NETWORK_FILE,
-        "preprocessing.joblib",
-        "feature_config.json",
-    }
-    reloaded = Classifier.load(copy)
-    np.testing.assert_array_equal(reloaded.predict_proba(values), probabilities)
-    assert reloaded.predict(values) == classifier.predict(values)
-    assert reloaded.feature_names == classifier.feature_names
-    np.testing.assert_array_equal(
-        reloaded.preprocessing["scale"].mean_, classifier.preprocessing["scale"].mean_
-    )
-
-
-def test_round_trip_of_a_fresh_network(tmp_path):
-    params = make_params({"audio": {"target_dbfs": -23.0}, "features": {"stats": ["mean"]}})
-    names = feature_names(params.features)
-    rng = np.random.default_rng(1)
-    hp = ModelParams(**TINY_MODEL)
-    labels = np.arange(50) % len(EMOTIONS)
-    preprocessing = fit_preprocessing(rng.normal(3, 2, size=(50, len(names))), labels, hp)
-    network = build_cnn(len(names), len(EMOTIONS), hp)
-    original = Classifier(
-        network, preprocessing, label_encoder(), names, params.audio, params.features
-    )
-    original.save(tmp_path)
-    loaded = Classifier.load(tmp_path)
-    values = rng.normal(3, 2, size=(20, len(names)))
-    np.testing.assert_allclose(loaded.predict_proba(values), original.predict_proba(values))
-    assert loaded.audio == params.audio
-    assert loaded.features.stats == ["mean"]
-    assert loaded.classes == list(EMOTIONS)
-
-
-def test_feature_config_leaves_out_machine_specific_knobs(trained_model_dir):
-    config = json.loads((trained_model_dir / "feature_config.json").read_text())
-    assert set(config) == {"audio", "features"}
-    assert "workers" not in config["features"]
-    assert "cache_dir" not in config["features"]
-    assert AudioParams(**config["audio"]) == make_params().audio
-    assert FeatureParams(**config["features"]).n_mels == make_params().features.n_mels
-
-
-def test_probabilities_are_a_distribution_over_the_labels(trained_model_dir):
-    classifier = Classifier.load(trained_model_dir)
-    values = np.random.default_rng(2).normal(size=(10, len(classifier.feature_names)))
-    probabilities = classifier.predict_proba(values)
-    assert probabilities.shape == (10, len(EMOTIONS))
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    assert set(classifier.predict(values)) <= set(EMOTIONS)
-
-
-def test_batched_and_direct_prediction_agree(trained_model_dir):
-    classifier = Classifier.load(trained_model_dir)
-    values = np.random.default_rng(3).normal(size=(40, len(classifier.feature_names)))
-    direct = classifier.predict_proba(values, batch_size=256)
-    batched = classifier.predict_proba(values, batch_size=16)
-    np.testing.assert_allclose(direct, batched, rtol=1e-5, atol=1e-6)
-
-
-def test_empty_input_gives_an_empty_result(trained_model_dir):
-    classifier = Classifier.load(trained_model_dir)
-    empty = classifier.predict_proba(np.empty((0, len(classifier.feature_names))))
-    assert empty.shape == (0, len(EMOTIONS))
-    assert classifier.predict(np.empty((0, len(classifier.feature_names)))) == []
-
-
-def test_prepare_standardises_with_training_statistics(trained_model_dir):
-    classifier = Classifier.load(trained_model_dir)
-    prepared = classifier.prepare(classifier.preprocessing["scale"].mean_[np.newaxis, :])
-    assert prepared.shape == (1, len(classifier.feature_names), 1)
-    np.testing.assert_allclose(prepared, 0.0, atol=1e-5)
-
-
-def test_loading_without_a_model_says_what_to_run(tmp_path):
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_folder_without_a_model_says_what_to_run(tmp_path, exists):
+    folder = tmp_path / "models"
+    if exists:
+        folder.mkdir()
     with pytest.raises(FileNotFoundError, match=r"no trained model \(run the train stage\)"):
-        Classifier.load(tmp_path)
+        Classifier.load(folder)
 
 
-def fitted_logreg(
-    names: list[str], labels: list[int], seed: int = 4, hp: ModelParams | None = None
-) -> Classifier:
-    """A logistic regression on random values preprocessed as ``hp`` says, as a Classifier."""
+def test_an_unknown_kind_is_refused_naming_the_file(trained_models, tmp_path):
+    folder = tmp_path / "models"
+    shutil.copytree(trained_models["logreg"], folder)
+    config = json.loads((folder / CLASSIFIER_FILE).read_text())
+    (folder / CLASSIFIER_FILE).write_text(json.dumps({**config, "kind": "cnn"}))
+    with pytest.raises(ModelError, match=rf"{re.escape(str(folder / CLASSIFIER_FILE))}: .*'cnn'"):
+        Classifier.load(folder)
+
+
+def test_classifier_json_holds_the_kind_and_the_feature_configuration(trained_models):
     params = make_params()
-    values = np.random.default_rng(seed).normal(size=(70, len(names)))
-    preprocessing = fit_preprocessing(values, np.asarray(labels), hp or ModelParams())
-    estimator = LogisticRegression(max_iter=500).fit(preprocessing.transform(values), labels)
-    return Classifier(
-        estimator, preprocessing, label_encoder(), names, params.audio, params.features
+    config = json.loads((trained_models["spectrogram_cnn"] / CLASSIFIER_FILE).read_text())
+    assert set(config) == {"kind", "classes", "audio", "features", "frames"}
+    assert config["kind"] == "spectrogram_cnn"
+    assert config["classes"] == list(EMOTIONS)
+    assert AudioParams(**config["audio"]) == params.audio
+    assert FrameParams(**config["frames"]) == params.frames
+    assert FeatureParams(**config["features"]) == params.features.model_copy(
+        update={"workers": FeatureParams().workers, "cache_dir": FeatureParams().cache_dir}
     )
 
 
-def test_a_scikit_learn_estimator_round_trips_through_model_joblib(tmp_path):
-    names = feature_names(make_params().features)
-    original = fitted_logreg(names, [i % len(EMOTIONS) for i in range(70)])
-    written = original.save(tmp_path)
-    assert {p.name for p in written} == {
-        ESTIMATOR_FILE,
-        "preprocessing.joblib",
-        "feature_config.json",
-    }
+def test_classifier_json_leaves_out_machine_specific_feature_knobs(trained_models, tmp_path):
+    model = Classifier.load(trained_models["logreg"]).model
+    saved = []
+    for index, (workers, cache) in enumerate([(1, "data/cache/features"), (7, "/scratch/c")]):
+        params = make_params({"features": {"workers": workers, "cache_dir": cache}})
+        folder = tmp_path / f"models{index}"
+        Classifier("logreg", model, params.audio, params.features, params.frames).save(folder)
+        saved.append((folder / CLASSIFIER_FILE).read_bytes())
+    assert saved[0] == saved[1]
+    features = json.loads(saved[0])["features"]
+    assert "workers" not in features and "cache_dir" not in features
+
+
+def test_loading_restores_the_audio_feature_and_frame_settings(trained_models, tmp_path):
+    model = Classifier.load(trained_models["seed_cnn"]).model
+    params = make_params(
+        {
+            "audio": {"target_dbfs": -23.0, "trim_top_db": None},
+            "features": {"stats": ["mean"], "speaker_norm": "per_speaker"},
+            "frames": {"hop_length": 160, "fmax": None},
+        }
+    )
+    Classifier("seed_cnn", model, params.audio, params.features, params.frames).save(tmp_path)
     loaded = Classifier.load(tmp_path)
-    assert not loaded.is_network and loaded.classes == list(EMOTIONS)
-    values = np.random.default_rng(5).normal(size=(30, len(names)))
-    probabilities = loaded.predict_proba(values)
-    np.testing.assert_array_equal(probabilities, original.predict_proba(values))
+    assert loaded.audio == params.audio
+    assert (loaded.features.stats, loaded.features.speaker_norm) == (["mean"], "per_speaker")
+    assert loaded.frames == params.frames
+
+
+@pytest.mark.parametrize("kind", TRAINED_KINDS)
+def test_probabilities_are_a_distribution_over_the_seven_labels(trained_models, rows, kind):
+    classifier = Classifier.load(trained_models[kind])
+    assert classifier.classes == list(EMOTIONS)
+    probabilities = classifier.predict_proba(rows)
+    assert probabilities.shape == (len(rows), len(EMOTIONS))
+    assert np.all(probabilities >= 0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    assert loaded.predict(values) == original.predict(values)
-    assert loaded.prepare(values).shape == values.shape  # no channel axis outside the CNN
+    predicted = classifier.predict(rows)
+    assert predicted == [EMOTIONS[i] for i in probabilities.argmax(axis=1)]
 
 
-def test_classes_missing_from_training_get_zero_probability():
-    names = feature_names(make_params().features)
-    seen = [EMOTIONS.index("angry"), EMOTIONS.index("sad"), EMOTIONS.index("happy")]
-    classifier = fitted_logreg(names, [seen[i % 3] for i in range(70)])
-    probabilities = classifier.predict_proba(np.random.default_rng(6).normal(size=(9, len(names))))
-    assert probabilities.shape == (9, len(EMOTIONS))
-    unseen = [i for i in range(len(EMOTIONS)) if i not in seen]
-    np.testing.assert_array_equal(probabilities[:, unseen], 0.0)
-    np.testing.assert_allclose(probabilities[:, seen].sum(axis=1), 1.0, rtol=1e-5)
-
-
-def test_saving_another_kind_replaces_the_previous_model(tmp_path, trained_model_dir):
-    network = Classifier.load(trained_model_dir)
-    network.save(tmp_path)
-    fitted_logreg(network.feature_names, [i % len(EMOTIONS) for i in range(70)]).save(tmp_path)
-    assert not (tmp_path / NETWORK_FILE).exists()
-    assert not Classifier.load(tmp_path).is_network
-    network.save(tmp_path)
-    assert not (tmp_path / ESTIMATOR_FILE).exists()
-    assert Classifier.load(tmp_path).is_network
-
-
-def test_two_saved_models_are_refused(tmp_path, trained_model_dir):
-    Classifier.load(trained_model_dir).save(tmp_path)
-    (tmp_path / ESTIMATOR_FILE).write_bytes(b"a stale model")
-    with pytest.raises(ModelError, match=r"both model\.keras and model\.joblib"):
-        Classifier.load(tmp_path)
-
-
-def test_a_model_saved_before_the_preprocessing_pipeline_is_refused(tmp_path, trained_model_dir):
-    Classifier.load(trained_model_dir).save(tmp_path)
-    old = {"scaler": StandardScaler(), "encoder": label_encoder(), "feature_names": ["x"]}
-    joblib.dump(old, tmp_path / "preprocessing.joblib")
-    with pytest.raises(ModelError, match=r"preprocessing\.joblib: saved by an older version"):
-        Classifier.load(tmp_path)
-
-
-def informative_values(rows: int = 140, columns: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Random values where only columns 3 and 17 carry the label (and column 5 an outlier)."""
-    rng = np.random.default_rng(8)
-    labels = np.arange(rows) % len(EMOTIONS)
-    values = rng.normal(size=(rows, columns))
-    values[:, 3] += 2.0 * labels
-    values[:, 17] -= 1.5 * labels
-    values[0, 5] = 1e3
-    return values, labels
-
-
-def test_preprocessing_standardises_only_by_default():
-    values, labels = informative_values()
-    preprocessing = fit_preprocessing(values, labels, ModelParams())
-    assert list(preprocessing.named_steps) == ["scale"]
-    prepared = preprocessing.transform(values)
-    np.testing.assert_allclose(prepared.mean(axis=0), 0.0, atol=1e-9)
-    assert prepared[0, 5] > 10  # the outlier passes through unclipped
-
-
-def test_preprocessing_clips_and_keeps_the_most_informative_features():
-    values, labels = informative_values()
-    preprocessing = fit_preprocessing(values, labels, ModelParams(input_clip=3.0, select_k=2))
-    assert list(preprocessing.named_steps) == ["scale", "clip", "select"]
-    assert list(preprocessing.get_feature_names_out()) == ["x3", "x17"]
-    clipped = preprocessing[:-1].transform(values)
-    assert clipped.max() == 3.0 and clipped.min() >= -3.0
-    assert preprocessing.transform(values).shape == (len(values), 2)
-
-
-def test_select_k_wider_than_the_features_keeps_them_all():
-    values, labels = informative_values()
-    preprocessing = fit_preprocessing(values, labels, ModelParams(select_k=50))
-    assert "select" not in preprocessing.named_steps
-    assert preprocessing.transform(values).shape == values.shape
-
-
-def test_a_network_on_selected_features_round_trips(tmp_path):
-    params = make_params()
-    names = feature_names(params.features)
-    values, labels = informative_values(columns=len(names))
-    hp = ModelParams(**TINY_MODEL, select_k=12, input_clip=4.0, input_noise=0.3, l2=1e-3)
-    preprocessing = fit_preprocessing(values, labels, hp)
-    network = build_cnn(12, len(EMOTIONS), hp)
-    original = Classifier(
-        network, preprocessing, label_encoder(), names, params.audio, params.features
-    )
-    assert original.prepare(values).shape == (len(values), 12, 1)
-    original.save(tmp_path)
-    loaded = Classifier.load(tmp_path)
-    np.testing.assert_array_equal(loaded.predict_proba(values), original.predict_proba(values))
-    assert list(loaded.preprocessing.named_steps) == ["scale", "clip", "select"]
-
-
-def test_a_linear_model_on_selected_features_round_trips(tmp_path):
-    names = feature_names(make_params().features)
-    hp = ModelParams(kind="logreg", select_k=5, input_clip=2.5)
-    original = fitted_logreg(names, [i % len(EMOTIONS) for i in range(70)], hp=hp)
-    assert original.prepare(np.zeros((3, len(names)))).shape == (3, 5)
-    original.save(tmp_path)
-    loaded = Classifier.load(tmp_path)
-    values = np.random.default_rng(9).normal(size=(11, len(names)))
-    np.testing.assert_array_equal(loaded.predict_proba(values), original.predict_proba(values))
+@pytest.mark.parametrize("kind", TRAINED_KINDS)
+def test_empty_input_gives_an_empty_result(trained_models, rows, kind):
+    classifier = Classifier.load(trained_models[kind])
+    empty = rows.iloc[:0]
+    assert classifier.predict_proba(empty).shape == (0, len(EMOTIONS))
+    assert classifier.predict(empty) == []

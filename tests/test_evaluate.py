@@ -10,10 +10,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import feature_table, make_params
+from conftest import feature_table, make_params, write_feature_files
 
 from ser import paths
-from ser.artifacts import write_json, write_parquet
+from ser.artifacts import write_json
+from ser.classifier import Classifier
+from ser.config import ModelParams
 from ser.evaluate import plot_confusion, run, slice_metrics
 from ser.tracking import stage_run
 
@@ -48,13 +50,17 @@ def test_confusion_plot_is_a_png(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["confusion.png"]
 
 
-@pytest.fixture
-def evaluated(mlflow_workspace, trained_model_dir):
-    """A workspace with features and a trained model whose train run exists; evaluate has run."""
+@pytest.fixture(params=[ModelParams().kind, "logreg"])
+def evaluated(request, mlflow_workspace, trained_models):
+    """A workspace with features, a model of the default kind or of a clip kind, and its
+    train run; evaluate has run. A clip kind's workspace has no frames file."""
+    kind = request.param
     params = make_params()
     table = feature_table(params, splits={"train": 2, "val": 1, "test": 3}, takes=3)
-    write_parquet(paths.FEATURES, table)
-    shutil.copytree(trained_model_dir, paths.MODELS_DIR)
+    write_feature_files(table)
+    if kind == "logreg":
+        paths.FRAMES.unlink()  # the model reads no frames: evaluate must not load them
+    shutil.copytree(trained_models[kind], paths.MODELS_DIR)
     with stage_run("train", params) as train_run:
         pass
     write_json(paths.TRAIN_RUN_ID, {"run_id": train_run.info.run_id})
@@ -102,6 +108,45 @@ def test_test_metrics_join_the_training_run(evaluated, mlflow_workspace):
     assert any(key.startswith("test_recall_") for key in logged.metrics)
     artifacts = {a.path for a in client.list_artifacts(train_run_id, "evaluation")}
     assert "evaluation/metrics.json" in artifacts
+
+
+def test_predictions_are_the_saved_models(evaluated):
+    table, _, _ = evaluated
+    classifier = Classifier.load(paths.MODELS_DIR)
+    test_rows = table[(table["split"] == "test")].reset_index(drop=True)
+    predictions = pd.read_csv(paths.PREDICTIONS)
+    assert predictions["predicted"].tolist() == classifier.predict(test_rows)
+    np.testing.assert_allclose(
+        predictions["confidence"], classifier.predict_proba(test_rows).max(axis=1), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("kind", ["spectrogram_cnn", "fusion"])
+def test_a_model_that_reads_frames_needs_the_frames_file(mlflow_workspace, trained_models, kind):
+    write_feature_files(feature_table(make_params()))
+    paths.FRAMES.unlink()
+    shutil.copytree(trained_models[kind], paths.MODELS_DIR)
+    with pytest.raises(FileNotFoundError, match=r"frames\.npz: .*run the preprocess stage"):
+        run(make_params())
+
+
+@pytest.mark.parametrize(
+    ("kind", "scope"),
+    [("logreg", "test_speaker_normalised"), ("fusion", "test_speaker_normalised"),
+     ("spectrogram_cnn", "test")],
+)  # fmt: skip
+def test_only_clip_features_normalised_per_speaker_move_the_headline_aside(
+    mlflow_workspace, trained_models, kind, scope
+):
+    write_feature_files(feature_table(make_params()))
+    shutil.copytree(trained_models[kind], paths.MODELS_DIR)
+    config_path = paths.MODELS_DIR / "classifier.json"
+    config = json.loads(config_path.read_text())
+    config["features"]["speaker_norm"] = "per_speaker"
+    config_path.write_text(json.dumps(config))
+    headline = run(make_params())
+    assert json.loads(paths.METRICS.read_text()) == {scope: headline}
+    assert json.loads(paths.EVALUATION.read_text())[scope] == headline
 
 
 def test_without_a_model_it_says_what_to_run(mlflow_workspace):

@@ -15,22 +15,19 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, make_project_repo, run, write_ravdess_corpus
+from conftest import make_project_repo, run, write_ravdess_corpus
 
 from ser import EMOTIONS
-from ser.config import load_params
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project repository with 84 generated clips (6 speakers) after `dvc repro`,
-    on the default feature set (ComParE, which fusion and the linear kinds read)."""
+    """A project repository with 84 generated clips (6 speakers) after `dvc repro`."""
     corpus = tmp_path_factory.mktemp("corpus")
     write_ravdess_corpus(corpus)
-    default_sets = {"features": {"sets": load_params(PROJECT_ROOT / "params.yaml").features.sets}}
-    repository = make_project_repo(tmp_path_factory.mktemp("e2e") / "repo", corpus, default_sets)
+    repository = make_project_repo(tmp_path_factory.mktemp("e2e") / "repo", corpus)
     run(["dvc", "repro"], repository)
     return repository
 

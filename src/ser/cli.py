@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     from ser.split import SplitError
 
     expected = [ConfigError, DataError, SplitError, FileNotFoundError, remote.RemoteError]
-    if args.command in ("evaluate", "predict"):  # they load models/ (and TensorFlow) anyway
-        from ser.classifier import ModelError
+    if args.command in ("train", "evaluate", "predict"):  # they load TensorFlow anyway
+        from ser.models.base import ModelError
 
         expected.append(ModelError)
 

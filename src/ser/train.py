@@ -23,7 +23,7 @@ from ser.config import Params
 from ser.dataset import load_rows, select
 from ser.metrics import summary
 from ser.models import kind_named
-from ser.models.base import FRAMES, Fitted, Model, section_of
+from ser.models.base import FRAMES, Fitted, Model, ModelError, section_of
 from ser.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,14 @@ def chosen_params(params: Params, path: Path = paths.HYPERPARAMS) -> Params:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no chosen hyperparameters (run the tune stage)")
     chosen = read_json(path)
-    kind = kind_named(chosen["kind"])
-    section = section_of(kind, params).model_validate(chosen[kind.section])
+    try:
+        kind = kind_named(chosen["kind"])
+        section = section_of(kind, params).model_validate(chosen[kind.section])
+    except (KeyError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+        raise ModelError(
+            f"{path}: not hyperparameters this version of ser reads ({error}); "
+            "run the tune stage again"
+        ) from None
     model = params.model.model_copy(update={"kind": kind.name})
     return params.model_copy(update={"model": model, kind.section: section})
 

@@ -100,8 +100,11 @@ def make_objective(
     return objective
 
 
-def study_name(params: Params, features_sha256: str) -> str:
-    """Same search, data and training set-up → same study; any change starts a new one."""
+def study_name(params: Params, data_sha256: str) -> str:
+    """Same search, data and training set-up → same study; any change starts a new one.
+
+    ``data_sha256`` identifies the data the kind reads (the features, and frames).
+    """
     kind = tunable_kind(params)
     spec = {
         "kind": kind.name,
@@ -112,7 +115,7 @@ def study_name(params: Params, features_sha256: str) -> str:
         "max_epochs": params.tune.max_epochs,
         "warmup": params.tune.pruner_warmup_epochs,
         "seed": params.tune.seed,
-        "features": features_sha256,
+        "features": data_sha256,
     }
     return "ser-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -187,11 +190,14 @@ def _best(study: optuna.Study) -> FrozenTrial | None:
 
 def optimise(params: Params, parent_run_id: str, worker: int = 0) -> optuna.Study:
     """Run trials in this process until the study's budget (all workers) is spent."""
-    features = load_rows(with_frames=FRAMES in tunable_kind(params).inputs)
+    reads_frames = FRAMES in tunable_kind(params).inputs
+    features = load_rows(with_frames=reads_frames)
     objective = make_objective(
         select(features, "train", with_augmented=True), select(features, "val"), params
     )
-    study = open_study(params, study_name(params, sha256_of(paths.FEATURES)), worker)
+    data = [paths.FEATURES, *([paths.FRAMES] if reads_frames else [])]
+    digest = "+".join(sha256_of(path) for path in data)
+    study = open_study(params, study_name(params, digest), worker)
     study.optimize(
         objective,
         timeout=params.tune.timeout_s,
@@ -246,15 +252,15 @@ def run(params: Params, params_path: Path = DEFAULT_PARAMS) -> dict[str, object]
     With tuning disabled nothing is searched or logged: the study folder holds an empty
     trials table, the same on every run.
     """
+    kind = tunable_kind(params) if params.tune.enabled else None  # fail before any output
     paths.STUDY_DIR.mkdir(parents=True, exist_ok=True)
-    if not params.tune.enabled:
+    if kind is None:
         chosen = chosen_hyperparameters(params)
         write_json(paths.HYPERPARAMS, chosen)
         empty = pd.DataFrame(columns=["number", "state", "value"])
         write_with(paths.TRIALS, lambda path: empty.to_csv(path, index=False))
         log.info("tune.enabled is false: %s as in params.yaml", chosen)
         return chosen
-    kind = tunable_kind(params)
     with stage_run("tune", params) as parent:
         workers = _start_workers(params.tune.n_jobs - 1, params_path, parent.info.run_id)
         study = optimise(params, parent.info.run_id)

@@ -28,7 +28,8 @@ CLIP, FRAMES = "clip", "frames"
 
 
 class ModelError(ValueError):
-    """A models folder that cannot be loaded as it is; the message names the file."""
+    """A saved model, or the hyperparameters chosen for one, cannot be loaded as it is;
+    the message names the file."""
 
 
 class Model(ABC):
