@@ -109,7 +109,9 @@ def test_push_then_a_fresh_clone_pulls_everything_and_has_nothing_to_run(
         "data/raw",
         "data/processed/features.parquet",
         "tuning/study",
-        "models/model.keras",
+        "models/classifier.json",
+        "data/processed/frames.npz",
+        "reports/metrics.json",
     ):
         assert output in before
     pushed = ser_remote(repo, "push").stdout

@@ -26,6 +26,7 @@ import mlflow
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel
 
 from ser import paths
 from ser.artifacts import write_json, write_with
@@ -81,11 +82,13 @@ def make_objective(
     CNN keeps its fixed schedule, which pruning cuts short.
     """
     kind = tunable_kind(params)
+    space = section_of(kind, params.tune.space)
     trial_train = params.train.model_copy(update={"epochs": params.tune.max_epochs})
     trial_params = params.model_copy(update={"train": trial_train})
 
     def objective(trial: optuna.Trial) -> float:
-        sampled = kind.suggest(trial, trial_params)
+        section = kind.suggest(trial, space, section_of(kind, params))
+        sampled = trial_params.model_copy(update={kind.section: section})
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         pruning = PruningCallback(trial)
         try:
@@ -240,10 +243,9 @@ def _log_study_artifacts(study: optuna.Study) -> None:
         mlflow.log_artifact(str(target), "tune")
 
 
-def chosen_hyperparameters(params: Params) -> dict[str, object]:
+def chosen_hyperparameters(kind: Kind, section: BaseModel) -> dict[str, object]:
     """What train reads: the kind and its section (sampled, or params.yaml's as is)."""
-    kind = kind_named(params.model.kind)
-    return {"kind": kind.name, kind.section: section_of(kind, params).model_dump(mode="json")}
+    return {"kind": kind.name, kind.section: section.model_dump(mode="json")}
 
 
 def run(params: Params, params_path: Path = DEFAULT_PARAMS) -> dict[str, object]:
@@ -255,7 +257,8 @@ def run(params: Params, params_path: Path = DEFAULT_PARAMS) -> dict[str, object]
     kind = tunable_kind(params) if params.tune.enabled else None  # fail before any output
     paths.STUDY_DIR.mkdir(parents=True, exist_ok=True)
     if kind is None:
-        chosen = chosen_hyperparameters(params)
+        as_is = kind_named(params.model.kind)
+        chosen = chosen_hyperparameters(as_is, section_of(as_is, params))
         write_json(paths.HYPERPARAMS, chosen)
         empty = pd.DataFrame(columns=["number", "state", "value"])
         write_with(paths.TRIALS, lambda path: empty.to_csv(path, index=False))
@@ -270,8 +273,12 @@ def run(params: Params, params_path: Path = DEFAULT_PARAMS) -> dict[str, object]
         best = _best(study)
         if best is None:
             raise RuntimeError(f"study {study.study_name}: no trial completed")
-        sampled = kind.suggest(optuna.trial.FixedTrial(best.params), params)
-        chosen = chosen_hyperparameters(sampled)
+        best_section = kind.suggest(
+            optuna.trial.FixedTrial(best.params),
+            section_of(kind, params.tune.space),
+            section_of(kind, params),
+        )
+        chosen = chosen_hyperparameters(kind, best_section)
         trials = study.trials_dataframe()
         mlflow.set_tags({"tune.source": "optuna", "tune.study": study.study_name})
         mlflow.log_metrics({"best_val_uar": best.value, "best_trial": best.number})

@@ -410,7 +410,9 @@ def test_suggest_samples_the_seed_cnn_space():
         "batch_size": 16,
     }
     params = make_params({"seed_cnn": {"input_noise": 0.1, "l2": 0.002}})
-    hp = seed_cnn.suggest(optuna.trial.FixedTrial(values), params).seed_cnn
+    hp = seed_cnn.suggest(
+        optuna.trial.FixedTrial(values), params.tune.space.seed_cnn, params.seed_cnn
+    )
     assert (hp.filters, hp.dense_units) == ((32, 64, 128), (32, 8))
     assert (hp.kernel_size, hp.pool_size, hp.dropout) == (5, 3, 0.25)
     assert (hp.learning_rate, hp.batch_size) == (0.001, 16)
@@ -419,5 +421,5 @@ def test_suggest_samples_the_seed_cnn_space():
         {"tune": {"space": {"seed_cnn": {"input_noise": [0.0, 1.0], "l2": [1e-4, 1e-2]}}}}
     )
     trial = optuna.trial.FixedTrial({**values, "input_noise": 0.7, "l2": 0.005})
-    hp = seed_cnn.suggest(trial, ranged).seed_cnn
+    hp = seed_cnn.suggest(trial, ranged.tune.space.seed_cnn, ranged.seed_cnn)
     assert (hp.input_noise, hp.l2) == (0.7, 0.005)

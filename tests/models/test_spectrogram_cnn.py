@@ -387,7 +387,7 @@ def test_suggest_samples_the_spectrogram_cnn_space():
             "time_mask_fraction": 0.05,
         }
     )
-    hp = spectrogram_cnn.suggest(trial, params).spectrogram_cnn
+    hp = spectrogram_cnn.suggest(trial, params.tune.space.spectrogram_cnn, params.spectrogram_cnn)
     assert hp.channels == [24, 48, 96]
     assert (hp.dropout, hp.learning_rate, hp.mixup_alpha) == (0.2, 0.0015, 0.1)
     assert (hp.freq_mask_bands, hp.time_mask_fraction) == (4, 0.05)

@@ -66,7 +66,7 @@ class Kind:
 
     ``fit`` takes training rows, validation rows, params and extra keras callbacks
     (used by the tuner's pruning); ``refit`` fits what validation chose on more rows;
-    ``suggest`` maps an Optuna trial to params with the kind's section sampled from
+    ``suggest(trial, space, section)`` samples the kind's section from its search space
     ``tune.space.<section>`` (None: not tunable by Optuna).
     """
 
@@ -76,7 +76,7 @@ class Kind:
     fit: Callable[[pd.DataFrame, pd.DataFrame, Params, Callbacks], Fitted]
     refit: Callable[[pd.DataFrame, Fitted], Model]
     load: Callable[[Path], Model]
-    suggest: Callable[[object, Params], Params] | None = None
+    suggest: Callable[[object, BaseModel, BaseModel], BaseModel] | None = None
 
 
 def label_encoder() -> OneHotEncoder:

@@ -17,7 +17,7 @@ from keras import layers
 
 from ser import EMOTIONS
 from ser.artifacts import write_with
-from ser.config import Params, SeedCnnParams
+from ser.config import Params, SeedCnnParams, SeedCnnSpace
 from ser.models.base import (
     CLIP,
     Callbacks,
@@ -209,15 +209,15 @@ def refit(rows: pd.DataFrame, fitted: Fitted) -> SeedCnn:
     return model
 
 
-def suggest(trial, params: Params) -> Params:
-    """Params with the seed_cnn section sampled from ``tune.space.seed_cnn``."""
-    space, choice = params.tune.space.seed_cnn, trial.suggest_categorical
+def suggest(trial, space: SeedCnnSpace, hp: SeedCnnParams) -> SeedCnnParams:
+    """``hp`` with what ``space`` (``tune.space.seed_cnn``) covers sampled by ``trial``."""
+    choice = trial.suggest_categorical
     optional = {}
     if space.input_noise is not None:
         optional["input_noise"] = trial.suggest_float("input_noise", *space.input_noise)
     if space.l2 is not None:
         optional["l2"] = trial.suggest_float("l2", *space.l2, log=True)
-    hp = params.seed_cnn.model_copy(
+    return hp.model_copy(
         update={
             **optional,
             "filters": (
@@ -233,7 +233,6 @@ def suggest(trial, params: Params) -> Params:
             "batch_size": choice("batch_size", space.batch_size),
         }
     )
-    return params.model_copy(update={"seed_cnn": hp})
 
 
 KIND = Kind(

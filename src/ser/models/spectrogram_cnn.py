@@ -23,7 +23,7 @@ from keras import layers, ops
 
 from ser import EMOTIONS, ORIGINAL
 from ser.artifacts import write_with
-from ser.config import Params, SpectrogramCnnParams
+from ser.config import Params, SpectrogramCnnParams, SpectrogramCnnSpace
 from ser.dataset import FRAMES_COLUMN
 from ser.models.base import (
     FRAMES,
@@ -341,9 +341,8 @@ def refit(rows: pd.DataFrame, fitted: Fitted) -> SpectrogramCnn:
     return model
 
 
-def suggest(trial, params: Params) -> Params:
-    """Params with the spectrogram_cnn section sampled from ``tune.space.spectrogram_cnn``."""
-    space, hp = params.tune.space.spectrogram_cnn, params.spectrogram_cnn
+def suggest(trial, space: SpectrogramCnnSpace, hp: SpectrogramCnnParams) -> SpectrogramCnnParams:
+    """``hp`` with what ``space`` (``tune.space.spectrogram_cnn``) covers sampled by ``trial``."""
     base = trial.suggest_categorical("base_channels", space.base_channels)
     sampled = hp.model_copy(
         update={
@@ -357,10 +356,9 @@ def suggest(trial, params: Params) -> Params:
             ),
         }
     )
-    sampled = sampled.model_copy(
+    return sampled.model_copy(
         update={"peak_learning_rate": max(sampled.peak_learning_rate, sampled.learning_rate)}
     )
-    return params.model_copy(update={"spectrogram_cnn": sampled})
 
 
 KIND = Kind(
