@@ -31,6 +31,7 @@ from ser.models.base import (
     label_indices,
     make_deterministic,
     one_hot,
+    row_weights,
 )
 from ser.models.clip_inputs import ClipInputs, fit_clip_inputs
 from ser.reproducible import save_keras
@@ -122,11 +123,9 @@ def training_data(
     if t.mixup_alpha == 0:
         return {"x": x, "y": y, "batch_size": hp.batch_size, "class_weight": weights,
                 "shuffle": True}  # fmt: skip
-    per_row = np.ones(len(y), np.float32)
-    if weights:
-        per_row = np.array([weights[c] for c in y.argmax(axis=1)], np.float32)
+    per_row = row_weights(y.argmax(axis=1), t.class_weights)
 
-    def mix(inputs: tf.Tensor, targets: tf.Tensor, row_weights: tf.Tensor) -> tuple:
+    def mix(inputs: tf.Tensor, targets: tf.Tensor, weights_per_row: tf.Tensor) -> tuple:
         rows = tf.shape(inputs)[0]
         first = tf.random.gamma([rows], t.mixup_alpha)
         share = first / (first + tf.random.gamma([rows], t.mixup_alpha))
@@ -136,7 +135,7 @@ def training_data(
             mixed = tf.reshape(share, [-1] + [1] * (len(values.shape) - 1))
             return mixed * values + (1 - mixed) * tf.gather(values, partner)
 
-        return blend(inputs), blend(targets), blend(row_weights)
+        return blend(inputs), blend(targets), blend(weights_per_row)
 
     rows = tf.data.Dataset.from_tensor_slices((x, y, per_row))
     batches = rows.shuffle(len(x), seed=t.seed).batch(hp.batch_size).map(mix)
