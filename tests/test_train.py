@@ -192,18 +192,42 @@ def test_stage_saves_model_metrics_curve_and_its_mlflow_run(mlflow_workspace, ki
     logged = client.get_run(run_id)
     assert logged.data.tags["ser.stage"] == "train"
     assert logged.data.metrics["final_val_uar"] == pytest.approx(metrics["val_uar"])
-    for name in set(curve[0]) - {"epoch"}:
-        history = client.get_metric_history(run_id, name)
-        assert [m.step for m in history] == list(range(1, steps + 1)), name
-        assert [m.value for m in history] == pytest.approx([float(r[name]) for r in curve])
+    prefix = "C_search." if kind == "logreg" else ""  # C candidates are not epochs
+    for column in set(curve[0]) - {"epoch"}:
+        history = client.get_metric_history(run_id, prefix + column)
+        assert [m.step for m in history] == list(range(1, steps + 1)), column
+        assert [m.value for m in history] == pytest.approx([float(r[column]) for r in curve])
     logged_chosen = {k for k in logged.data.params if k.startswith("chosen.")}
     assert logged_chosen == {f"chosen.{name}" for name in type(section).model_fields}
     if kind == "logreg":  # C is the grid value validation chose
         assert logged.data.params["chosen.C"] == str(metrics["C"])
         assert metrics["C"] in params.linear.C_grid
-    artifacts = {a.path for a in client.list_artifacts(run_id, "model")}
-    for folder in {"model/spectrogram_cnn", "model/logreg"} & artifacts:
-        artifacts |= {a.path for a in client.list_artifacts(run_id, folder)}
-    expected = {f"model/{name}" for name in STAGE_FILES[kind]} | {"model/hyperparams.json"}
-    assert expected <= artifacts
-    assert "training_curve.csv" in {a.path for a in client.list_artifacts(run_id)}
+    assert {"tuning/hyperparams.json", "training_curve.csv"} <= {
+        a.path for a in client.list_artifacts(run_id, "tuning")
+    } | {a.path for a in client.list_artifacts(run_id)}
+
+    record = json.loads(paths.TRAIN_RUN_ID.read_text())
+    version = client.get_model_version(params.mlflow.registered_model, record["version"])
+    assert version.run_id == run_id
+    assert version.aliases == ["candidate"]
+    assert version.tags["kind"] == kind
+    assert version.tags["dvc.exp_name"] == "workspace"
+    logged_model = client.get_logged_model(record["model_uri"].removeprefix("models:/"))
+    assert logged_model.source_run_id == run_id
+    assert logged_model.name == "model"
+
+
+def test_a_c_search_is_logged_apart_from_the_chosen_values(mlflow_workspace):
+    params = kind_params("logreg", {"linear": {"C_grid": [0.0001, 0.01, 1.0]}})
+    write_feature_files(feature_table(params))
+    write_json(paths.HYPERPARAMS, {"kind": "logreg", "linear": params.linear.model_dump()})
+    metrics = run(params)
+    client = mlflow.MlflowClient(f"sqlite:///{mlflow_workspace / 'mlflow.db'}")
+    run_id = json.loads(paths.TRAIN_RUN_ID.read_text())["run_id"]
+    logged = client.get_run(run_id).data
+    assert "C" not in logged.metrics and "val_uar" not in logged.metrics
+    assert logged.metrics["C_search.C"] == 1.0  # the last candidate, under its own name
+    assert len(client.get_metric_history(run_id, "C_search.val_uar")) == 3
+    assert logged.metrics["final_val_uar"] == pytest.approx(metrics["val_uar"])
+    assert logged.metrics["final_C"] == metrics["C"]
+    assert logged.params["chosen.C"] == str(metrics["C"])

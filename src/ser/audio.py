@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import librosa
@@ -43,14 +44,21 @@ def check_header(frames: int, sample_rate: int, max_duration: float | None = Non
         )
 
 
-def decode(path: Path, max_duration: float | None = None) -> tuple[np.ndarray, int]:
-    """Read a file as float32 frames x channels; raise BadAudio when it cannot be used.
+def decode(source: Path | bytes, max_duration: float | None = None) -> tuple[np.ndarray, int]:
+    """Read a file (or the bytes of one) as float32 frames x channels; raise BadAudio when it
+    cannot be used.
 
     The header is checked before the samples are read, so a long file costs no memory.
     """
-    require_regular_file(path)
+    if isinstance(source, bytes):
+        if not source:
+            raise BadAudio("empty: no bytes")
+        opened = io.BytesIO(source)
+    else:
+        require_regular_file(source)
+        opened = source
     try:
-        with soundfile.SoundFile(path) as file:
+        with soundfile.SoundFile(opened) as file:
             check_header(file.frames, file.samplerate, max_duration)
             return file.read(dtype="float32", always_2d=True), file.samplerate
     except BadAudio:
@@ -113,7 +121,7 @@ def condition(samples: np.ndarray, sample_rate: int, params: AudioParams) -> np.
     return normalise_loudness(signal, params.target_dbfs)
 
 
-def load_clip(path: Path, params: AudioParams) -> np.ndarray:
-    """Decode and condition one file into the mono signal features are computed on."""
-    samples, sample_rate = decode(path, params.max_duration)
+def load_clip(source: Path | bytes, params: AudioParams) -> np.ndarray:
+    """Decode and condition one file (or its bytes) into the mono signal features are computed on."""
+    samples, sample_rate = decode(source, params.max_duration)
     return condition(samples, sample_rate, params)

@@ -1,4 +1,5 @@
-"""The ``ser`` command: one subcommand per pipeline stage, plus ``data`` and ``predict``."""
+"""The ``ser`` command: one subcommand per pipeline stage, plus ``data``, ``predict``,
+``promote`` and ``remote``."""
 
 from __future__ import annotations
 
@@ -48,8 +49,19 @@ def _data(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from ser.predict import write_predictions
 
-    failures = write_predictions(args.inputs, args.model_dir, args.json)
+    failures = write_predictions(args.inputs, args.model, args.json)
     return 1 if failures else 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from ser.registry import GateFailed, promote
+
+    try:
+        promote(load_params(args.params), args.version, args.min_uar)
+    except GateFailed as failed:
+        log.error("%s", failed)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="label audio files or folders")
     predict.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
-    predict.add_argument("--model-dir", type=Path, default=paths.MODELS_DIR)
+    predict.add_argument(
+        "--model",
+        "--model-dir",
+        default=str(paths.MODELS_DIR),
+        help="a model folder, or an MLflow model URI such as models:/ser-emotion@champion "
+        "(default: %(default)s)",
+    )
+
+    promote = commands.add_parser(
+        "promote",
+        help="quality gate: move alias champion to a registered version whose test UAR passes "
+        "(exit 1 when it does not)",
+    )
+    promote.add_argument(
+        "--version", help="version to judge (default: the one this workspace's train registered)"
+    )
+    promote.add_argument(
+        "--min-uar", type=float, help="threshold (default: evaluate.min_test_uar in the params)"
+    )
     predict.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
 
     remote = commands.add_parser(
@@ -120,12 +150,18 @@ def main(argv: list[str] | None = None) -> int:
         from ser.models.base import ModelError
 
         expected.append(ModelError)
+    if args.command == "promote":
+        from ser.registry import RegistryError
+
+        expected.append(RegistryError)
 
     try:
         if args.command == "data":
             _data(args)
         elif args.command == "predict":
             return _predict(args)
+        elif args.command == "promote":
+            return _promote(args)
         elif args.command == "check-params":
             load_params(args.params)
             log.info("%s: valid", args.params)

@@ -277,6 +277,7 @@ class EvaluateParams(_Section):
 
 class MlflowParams(_Section):
     experiment: str = Field("ser", min_length=1)
+    registered_model: str = Field("ser-emotion", min_length=1)
 
 
 class Params(_Section):

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from ser.manifest import AUDIO_SUFFIXES
 from ser.models.base import CLIP, FRAMES
 
 log = logging.getLogger(__name__)
+Key = TypeVar("Key")
 
 
 def audio_files(inputs: Iterable[Path]) -> Iterator[Path]:
@@ -40,10 +41,12 @@ def audio_files(inputs: Iterable[Path]) -> Iterator[Path]:
             yield item
 
 
-def featurise(path: Path, classifier: Classifier) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The clip-feature vector and the frames of one file, each only if the model reads
-    it, computed exactly as for training."""
-    signal = load_clip(path, classifier.audio)
+def featurise(
+    source: Path | bytes, classifier: Classifier
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The clip-feature vector and the frames of one file (or its bytes), each only if the
+    model reads it, computed exactly as for training."""
+    signal = load_clip(source, classifier.audio)
     rate = classifier.audio.sample_rate
     vector = clip_features(signal, rate, classifier.features) if CLIP in classifier.inputs else None
     frames = logmel_frames(signal, rate, classifier.frames) if FRAMES in classifier.inputs else None
@@ -70,21 +73,25 @@ def feature_rows(
     return pd.DataFrame(columns, index=range(len(vectors)))
 
 
-def predict_files(
-    inputs: Iterable[Path], classifier: Classifier, batch_size: int = 32
-) -> Iterator[tuple[Path, str | None, np.ndarray | str]]:
-    """Yield (path, label, probabilities) per file, or (path, None, reason) when unusable."""
+def predict_clips(
+    clips: Iterable[tuple[Key, Path | bytes]], classifier: Classifier, batch_size: int = 32
+) -> Iterator[tuple[Key, str | None, np.ndarray | str]]:
+    """Yield (key, label, probabilities) per clip, or (key, None, reason) when unusable.
+
+    A clip is a file or the bytes of one, under a key of the caller's (its path, a row
+    number). A per-speaker normalised model takes all the clips as one speaker's.
+    """
     per_speaker = classifier.speaker_normalised
-    files = audio_files(inputs)
-    while batch := list(islice(files, None if per_speaker else batch_size)):
+    clips = iter(clips)
+    while batch := list(islice(clips, None if per_speaker else batch_size)):
         usable, vectors, frames = [], [], []
-        for path in batch:
+        for key, source in batch:
             try:
-                vector, clip_frames = featurise(path, classifier)
+                vector, clip_frames = featurise(source, classifier)
             except (BadAudio, OSError) as error:
-                yield path, None, str(error)
+                yield key, None, str(error)
                 continue
-            usable.append(path)
+            usable.append(key)
             vectors.append(vector)
             frames.append(clip_frames)
         if not usable:
@@ -93,17 +100,29 @@ def predict_files(
             yield usable[0], None, "per-speaker normalisation needs 2 or more clips of the speaker"
             return
         probabilities = classifier.predict_proba(feature_rows(vectors, frames, classifier))
-        for path, row in zip(usable, probabilities, strict=True):
-            yield path, classifier.classes[int(row.argmax())], row
+        for key, row in zip(usable, probabilities, strict=True):
+            yield key, classifier.classes[int(row.argmax())], row
+
+
+def predict_files(
+    inputs: Iterable[Path], classifier: Classifier, batch_size: int = 32
+) -> Iterator[tuple[Path, str | None, np.ndarray | str]]:
+    """Yield (path, label, probabilities) per file, or (path, None, reason) when unusable."""
+    return predict_clips(((path, path) for path in audio_files(inputs)), classifier, batch_size)
 
 
 def write_predictions(
-    inputs: list[Path], model_dir: Path, as_json: bool, out: TextIO | None = None
+    inputs: list[Path], model: str | Path, as_json: bool, out: TextIO | None = None
 ) -> int:
-    """Print one CSV line (or JSON object) per file to ``out`` (default stdout); return failures."""
+    """Print one CSV line (or JSON object) per file to ``out`` (default stdout); return failures.
+
+    ``model`` is a folder (``models/``) or an MLflow model URI (``models:/<name>@champion``).
+    """
+    from ser.serving import classifier_dir
+
     out = out or sys.stdout
     files = list(audio_files(inputs))  # an empty folder fails before the model loads
-    classifier = Classifier.load(model_dir)
+    classifier = Classifier.load(classifier_dir(model))
     writer = csv.writer(out)
     if not as_json:
         writer.writerow(["path", "label", *classifier.classes])

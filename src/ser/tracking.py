@@ -18,6 +18,8 @@ from ser.paths import workspace_root
 log = logging.getLogger(__name__)
 
 RAW_DATA_DVC = Path("data/raw.dvc")
+# the experiment setting MLflow 3's UI reads to choose between its GenAI and ML views
+EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri() -> str:
@@ -55,17 +57,28 @@ def run_tags(stage: str) -> dict[str, str]:
     }
 
 
-def use_experiment(name: str) -> None:
-    """Point MLflow at the store and experiment; the embedded store keeps artifacts beside it."""
+def connect() -> bool:
+    """Point MLflow at the tracking store; True when it is the embedded SQLite store."""
     embedded = not os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri())
     if embedded:
         # set_tracking_uri exports the variable; the default must follow the working directory
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-        if mlflow.get_experiment_by_name(name) is None:
-            artifacts = (workspace_root() / "mlartifacts").as_uri()
-            mlflow.create_experiment(name, artifact_location=artifacts)
-    mlflow.set_experiment(name)
+    return embedded
+
+
+def use_experiment(name: str) -> None:
+    """Point MLflow at the store and experiment; the embedded store keeps artifacts beside it.
+
+    The experiment is marked as model development, so MLflow 3's UI opens it on its
+    runs table rather than on the GenAI overview.
+    """
+    if connect() and mlflow.get_experiment_by_name(name) is None:
+        artifacts = (workspace_root() / "mlartifacts").as_uri()
+        mlflow.create_experiment(name, artifact_location=artifacts)
+    experiment = mlflow.set_experiment(name)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_DEVELOPMENT:
+        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
 
 
 @contextmanager

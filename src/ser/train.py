@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow import MlflowClient
 
 from ser import paths
 from ser.artifacts import read_json, write_json, write_with
@@ -24,7 +25,9 @@ from ser.dataset import load_rows, select
 from ser.metrics import summary
 from ser.models import kind_named
 from ser.models.base import FRAMES, Fitted, Model, ModelError, section_of
-from ser.tracking import stage_run
+from ser.registry import CANDIDATE, register_candidate
+from ser.serving import log_model
+from ser.tracking import run_tags, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,23 @@ def train_model(train_rows: pd.DataFrame, val_rows: pd.DataFrame, params: Params
     return Trained(model, fitted, val, how)
 
 
+def curve_metrics(row: dict[str, float]) -> dict[str, float]:
+    """One curve row as MLflow metrics at its step.
+
+    A network's row is an epoch (``loss``, ``val_uar``, …). A linear kind's row is a C
+    candidate: it goes under ``C_search.``, so the run's ``C`` and ``val_*`` never show
+    the last candidate instead of the chosen one (``final_*`` and ``chosen.*`` are that).
+    """
+    prefix = "C_search." if "C" in row else ""
+    return {f"{prefix}{k}": v for k, v in row.items() if k != "epoch"}
+
+
 def run(params: Params) -> dict[str, float]:
-    """Train the chosen kind on the training speakers, save ``models/`` and validation metrics."""
+    """Train the chosen kind on the training speakers, save ``models/`` and validation metrics.
+
+    The MLflow run gets the model as an MLflow Model, registered as a new version of
+    ``mlflow.registered_model`` with alias ``candidate`` (``ser promote`` judges it).
+    """
     params = chosen_params(params)
     kind = kind_named(params.model.kind)
     features = load_rows(with_frames=FRAMES in kind.inputs)
@@ -94,9 +112,7 @@ def run(params: Params) -> dict[str, float]:
     with stage_run("train", params) as run:
         trained = train_model(train_rows, val_rows, params)
         for row in trained.fitted.curve:
-            mlflow.log_metrics(
-                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])
-            )
+            mlflow.log_metrics(curve_metrics(row), step=int(row["epoch"]))
         write_curve(paths.TRAINING_CURVE, trained.fitted.curve)
         chosen = section_of(kind, trained.fitted.params)
         mlflow.log_params({f"chosen.{k}": v for k, v in chosen.model_dump().items()})
@@ -104,19 +120,28 @@ def run(params: Params) -> dict[str, float]:
                    "train_rows": len(train_rows)}  # fmt: skip
         classifier = Classifier(kind.name, trained.model, params.audio, params.features,
                                 params.frames)  # fmt: skip
-        saved = classifier.save(paths.MODELS_DIR)
-        write_json(paths.TRAIN_RUN_ID, {"run_id": run.info.run_id})
+        classifier.save(paths.MODELS_DIR)
         write_json(paths.TRAIN_METRICS, metrics)
         mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
-        for path in saved:
-            mlflow.log_artifact(
-                str(path), str(Path("model") / path.parent.relative_to(paths.MODELS_DIR))
-            )
-        mlflow.log_artifact(str(paths.HYPERPARAMS), "model")
+        mlflow.log_artifact(str(paths.HYPERPARAMS), "tuning")
         mlflow.log_artifact(str(paths.TRAINING_CURVE))
+        version = log_registered_model(params, run.info.run_id, metrics)
+        write_json(paths.TRAIN_RUN_ID, {"run_id": run.info.run_id, **version})
     log.info(
         "%s: validation UAR %.3f, accuracy %.3f (%s)",
         kind.name, trained.val["uar"], trained.val["accuracy"],
         ", ".join(f"{k} {v:g}" for k, v in trained.how.items()),
     )  # fmt: skip
     return metrics
+
+
+def log_registered_model(params: Params, run_id: str, metrics: dict[str, float]) -> dict[str, str]:
+    """Log ``models/`` as the run's MLflow Model, registered with alias ``candidate``."""
+    name = params.mlflow.registered_model
+    info = log_model(paths.MODELS_DIR, registered_model=name)
+    version = str(info.registered_model_version)
+    tags = {"kind": params.model.kind, "val_uar": f"{metrics['val_uar']:.4f}",
+            **{k: v for k, v in run_tags("train").items() if k != "ser.stage"}}  # fmt: skip
+    register_candidate(MlflowClient(), name, version, tags)
+    log.info("registered %s version %s (alias %s), run %s", name, version, CANDIDATE, run_id)
+    return {"model_uri": info.model_uri, "registered_model": name, "version": version}
