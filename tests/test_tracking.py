@@ -12,7 +12,7 @@ import yaml
 from conftest import PROJECT_ROOT, make_params, run
 
 from ser.config import flatten
-from ser.tracking import data_version, run_tags, stage_run, tracking_uri
+from ser.tracking import data_version, run_tags, stage_run, tracking_uri, ui_address
 
 
 def client(workspace: Path) -> mlflow.MlflowClient:
@@ -160,3 +160,13 @@ def test_configured_experiment_name_is_used(mlflow_workspace):
         pass
     experiment = client(mlflow_workspace).get_experiment(active.info.experiment_id)
     assert experiment.name == "other"
+
+
+def test_the_ui_address_opens_the_experiments_runs_table(mlflow_workspace):
+    base = "http://127.0.0.1:5000/"
+    view = "?workflowType=machine_learning"  # MLflow 3 opens its GenAI overview otherwise
+    assert ui_address(base, "ser") == f"http://127.0.0.1:5000/#/experiments{view}"
+    with stage_run("train", make_params()):
+        pass
+    experiment = mlflow.get_experiment_by_name("ser").experiment_id
+    assert ui_address(base, "ser") == f"http://127.0.0.1:5000/#/experiments/{experiment}{view}"

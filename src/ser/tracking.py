@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +19,6 @@ from ser.paths import workspace_root
 log = logging.getLogger(__name__)
 
 RAW_DATA_DVC = Path("data/raw.dvc")
-# the experiment setting MLflow 3's UI reads to choose between its GenAI and ML views
-EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri() -> str:
@@ -69,16 +68,24 @@ def connect() -> bool:
 
 def use_experiment(name: str) -> None:
     """Point MLflow at the store and experiment; the embedded store keeps artifacts beside it.
-
-    The experiment is marked as model development, so MLflow 3's UI opens it on its
-    runs table rather than on the GenAI overview.
     """
     if connect() and mlflow.get_experiment_by_name(name) is None:
         artifacts = (workspace_root() / "mlartifacts").as_uri()
         mlflow.create_experiment(name, artifact_location=artifacts)
-    experiment = mlflow.set_experiment(name)
-    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_DEVELOPMENT:
-        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+    mlflow.set_experiment(name)
+
+
+def ui_address(base: str, experiment: str) -> str:
+    """The address of ``experiment``'s runs table in the MLflow UI at ``base``.
+
+    MLflow 3's UI opens every experiment on its GenAI overview unless the address asks
+    for the model-training view (the experiment tag ``mlflow.experimentKind`` does not
+    override it in 3.17).
+    """
+    connect()
+    found = mlflow.get_experiment_by_name(experiment)
+    page = f"experiments/{found.experiment_id}" if found else "experiments"
+    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
 @contextmanager
@@ -106,3 +113,10 @@ def _run_exists(run_id: str) -> bool:
         log.warning("MLflow run %s is not in %s; logging to a new run", run_id, tracking_uri())
         return False
     return True
+
+
+if __name__ == "__main__":  # `make mlflow-ui`: where to point the browser
+    from ser.config import DEFAULT_PARAMS, load_params
+
+    experiment = load_params(DEFAULT_PARAMS).mlflow.experiment
+    print(f"MLflow UI, runs of experiment {experiment!r}: {ui_address(sys.argv[1], experiment)}")
