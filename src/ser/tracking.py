@@ -67,8 +67,7 @@ def connect() -> bool:
 
 
 def use_experiment(name: str) -> None:
-    """Point MLflow at the store and experiment; the embedded store keeps artifacts beside it.
-    """
+    """Point MLflow at the store and experiment; the embedded store keeps artifacts beside it."""
     if connect() and mlflow.get_experiment_by_name(name) is None:
         artifacts = (workspace_root() / "mlartifacts").as_uri()
         mlflow.create_experiment(name, artifact_location=artifacts)
