@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import shutil
 import subprocess
@@ -20,6 +21,17 @@ from ser.remote import RemoteError
 
 BUCKET = "ser-test"
 PIPELINE_FOLDERS = ("data/raw", "data/processed", "tuning", "models", "reports")
+# Files whose last bytes a multipart upload can lose, all stored correctly by the emulator;
+# at 5 MiB gcsfs switches to a resumable upload, which keeps a trailing \r.
+KEPT_ENDINGS = {
+    "ends-lf.txt": b"a line\n",
+    "ends-crlf.txt": b"a line\r\n",
+    "ends-lf-lf.bin": b"\x00\n\n",
+    "no-newline.bin": b"\x00\x01\x02",
+    "empty.bin": b"",
+    "5mib-ends-cr.bin": b"\x00" * (5 * 2**20 - 1) + b"\r",
+}
+ENDS_IN_CR = b"fLaC\x00\r"  # under 5 MiB: the emulator's multipart parser drops the \r
 
 
 class Emulator:
@@ -93,6 +105,17 @@ def ser_remote(repo: Path, *args: str, check: bool = True) -> subprocess.Complet
     return run(["ser", "remote", *args], repo, env=gcs_env(repo), check=check)
 
 
+def commit_data(repo: Path, folder: str, files: dict[str, bytes]) -> None:
+    """Write ``files`` into ``folder``, track it with ``dvc add`` and commit."""
+    for name, content in files.items():
+        path = repo / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    run(["dvc", "add", "-q", folder], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", f"{folder}: {', '.join(files)}"], repo)
+
+
 @pytest.mark.slow
 def test_push_then_a_fresh_clone_pulls_everything_and_has_nothing_to_run(
     project_repo, gcs_emulator, tmp_path
@@ -131,6 +154,63 @@ def test_push_then_a_fresh_clone_pulls_everything_and_has_nothing_to_run(
     repro = run(["dvc", "repro"], clone).stdout
     assert "Running stage" not in repro and "up to date" in repro
     assert "in sync" in ser_remote(clone, "status").stdout
+
+
+def test_pulls_are_byte_exact_and_a_corrupted_download_fails_naming_the_file(
+    project_repo, gcs_emulator, tmp_path
+):
+    repo = project_repo()
+    use_project_remote(repo, gcs_emulator.url)
+    commit_data(repo, "data/edge", KEPT_ENDINGS)
+    ser_remote(repo, "push")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    configure_clone(clone, gcs_emulator.url)
+    data = ("data/raw.dvc", "data/edge.dvc")  # the pipeline never ran here: no dvc.lock
+    pulled = ser_remote(clone, "pull", *data)
+    assert "fetched from remote 'gcs' (verified)" in pulled.stderr  # verify: from .dvc/config
+    for name, content in KEPT_ENDINGS.items():
+        assert (clone / "data" / "edge" / name).read_bytes() == content, name
+    assert tree_digest(clone / "data" / "raw") == tree_digest(repo / "data" / "raw")
+
+    commit_data(repo, "data/edge", {"ends-cr.bin": ENDS_IN_CR})
+    ser_remote(repo, "push")
+    run(["git", "pull", "-q"], clone)
+    workspace = tree_digest(clone / "data")
+    result = ser_remote(clone, "pull", *data, check=False)
+    oid = hashlib.md5(ENDS_IN_CR).hexdigest()
+    assert result.returncode == 2, "the emulator kept the \\r: update docs/gcs.md and this test"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "1 downloaded file failed verification" in lines[0]
+    assert f"data/edge/ends-cr.bin (md5 {oid})" in lines[0]
+    assert tree_digest(clone / "data") == workspace
+    assert not (clone / ".dvc" / "cache" / "files" / "md5" / oid[:2] / oid[2:]).exists()
+
+    plain = run(
+        ["dvc", "pull", *data],
+        clone,
+        env=gcs_env(clone) | {remote.GCSFS_PROBE_ENV: "false"},
+        check=False,
+    )
+    assert plain.returncode != 0 and "Checkout failed" in plain.stderr, plain.stderr
+    assert not (clone / "data" / "edge").exists()  # dvc removes an output it cannot complete
+
+
+def test_a_corrupt_download_error_names_a_few_files_and_where_all_are_listed():
+    oids = [f"{index:032x}" for index in range(7)]
+    paths = {oid: [f"data/raw/clip{index}.flac"] for index, oid in enumerate(oids) if index}
+    named = remote.named_files(oids, paths)
+    assert named[0] == "an untracked object (md5 " + oids[0] + ")"
+    assert named[1] == "data/raw/clip1.flac (md5 " + oids[1] + ")"
+    message = str(remote.corrupt_download_error("gcs", named, Path(".dvc/tmp/ser-remote.log")))
+    assert message.startswith("remote 'gcs': 7 downloaded files failed verification")
+    assert "data/raw/clip4.flac" in message and "data/raw/clip5.flac" not in message
+    assert "and 2 more (all listed in .dvc/tmp/ser-remote.log)" in message
+    assert "\n" not in message
+    assert "1 downloaded file failed" in str(
+        remote.corrupt_download_error("gcs", named[:1], Path())
+    )
 
 
 def test_unreachable_remote_fails_fast_in_one_line_and_touches_nothing(project_repo, gcs_emulator):
