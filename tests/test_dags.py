@@ -1,7 +1,8 @@
-"""The Airflow DAG: its shape without a database, and real `airflow dags test` runs.
+"""The Airflow DAG: its shape without a database, its gate and commands, and real `airflow dags test` runs.
 
-The end-to-end runs use a SQLite metadata database in a temporary ``AIRFLOW_HOME``,
-real Bash tasks, a throw-away copy of the project and a local-folder DVC remote.
+The end-to-end runs use a SQLite metadata database in a temporary ``AIRFLOW_HOME``, real
+tasks, a throw-away copy of the project pushed to a local bare git repository (the git
+remote the runs clone and push experiments to) and a local-folder DVC remote.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
+import shlex
 import sqlite3
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from itertools import pairwise
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from conftest import PROJECT_ROOT, project_env, run
 
 DAGS = PROJECT_ROOT / "dags"
 DAG_ID = "ser_pipeline"
-TASK_IDS = ["dvc_pull", "dvc_repro", "quality_gate", "dvc_push"]
+TASK_IDS = ["checkout", "dvc_exp_run", "quality_gate", "dvc_exp_push", "remove_checkout"]
 CACHED_OUTS = [
     "data/processed/manifest.parquet",
     "data/processed/features.parquet",
@@ -44,6 +45,7 @@ def _without_ser_settings(env: dict[str, str]) -> dict[str, str]:
 def _clean_settings(monkeypatch, tmp_path_factory):
     for key in os.environ.keys() - _without_ser_settings(dict(os.environ)).keys():
         monkeypatch.delenv(key)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     # DagBag below imports Airflow in this process: keep its home out of ~/airflow
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path_factory.getbasetemp() / "airflow-parse"))
 
@@ -69,17 +71,21 @@ def load_dag_module():
 def test_dag_shape():
     dag = parse_dag()
     assert [task.task_id for task in dag.topological_sort()] == TASK_IDS
-    for upstream, downstream in pairwise(TASK_IDS):
+    for upstream, downstream in pairwise(TASK_IDS[1:]):
         assert dag.task_dict[upstream].downstream_task_ids == {downstream}
-    assert dag.task_dict["dvc_push"].downstream_task_ids == set()
+    checkout, remove = dag.task_dict["checkout"], dag.task_dict["remove_checkout"]
+    assert checkout.downstream_task_ids == {"dvc_exp_run", "remove_checkout"}
+    assert checkout.is_setup and remove.is_teardown
+    assert remove.trigger_rule == "all_done_setup_success"  # runs after a failed repro or gate
+    assert remove.downstream_task_ids == set()
     assert dag.schedule == "@daily"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
-    for task_id in ("dvc_pull", "dvc_repro", "dvc_push"):
+    for task_id in ("checkout", "dvc_exp_run", "dvc_exp_push"):
         assert dag.task_dict[task_id].retries == 2
         assert dag.task_dict[task_id].retry_delay == timedelta(minutes=5)
     assert dag.task_dict["quality_gate"].retries == 0
-    assert dag.task_dict["dvc_repro"].execution_timeout == timedelta(hours=4)
+    assert dag.task_dict["dvc_exp_run"].execution_timeout == timedelta(hours=4)
     for task in dag.tasks:
         assert task.execution_timeout is not None, task.task_id
         assert task.doc_md, task.task_id
@@ -91,8 +97,8 @@ def test_variables_override_environment_override_defaults(monkeypatch):
     monkeypatch.setenv("SER_RETRY_DELAY_SECONDS", "7")
     dag = parse_dag()
     assert dag.schedule == "@hourly"
-    assert dag.task_dict["dvc_repro"].retries == 1
-    assert dag.task_dict["dvc_repro"].retry_delay == timedelta(seconds=7)
+    assert dag.task_dict["dvc_exp_run"].retries == 1
+    assert dag.task_dict["dvc_exp_run"].retry_delay == timedelta(seconds=7)
     monkeypatch.setenv("AIRFLOW_VAR_SER_SCHEDULE", "@weekly")  # an Airflow Variable
     assert parse_dag().schedule == "@weekly"
 
@@ -113,27 +119,118 @@ def test_dag_file_does_not_import_the_ml_stack():
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_gate_threshold_and_commands(monkeypatch, tmp_path):
+def test_experiment_names_are_git_refs_named_after_the_run():
     dags = load_dag_module()
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"min_test_uar": 0.3}}))
-    (tmp_path / "reports").mkdir()
-    (tmp_path / "reports/metrics.json").write_text(json.dumps({"test": {"uar": 0.25}}))
-    assert dags.min_test_uar(tmp_path) == 0.3
-    with pytest.raises(dags.AirflowFailException, match=r"test UAR 0\.2500 .* threshold 0\.3000"):
+    scheduled = dags.experiment_name("scheduled", datetime(2025, 1, 2, 3, 0, tzinfo=UTC))
+    assert scheduled == "scheduled-20250102-030000"
+    east = timezone(timedelta(hours=2))
+    manual = dags.experiment_name("manual", datetime(2025, 1, 2, 5, 0, 0, 1234, tzinfo=east))
+    assert manual == "manual-20250102-030000-001234"
+    for name in (scheduled, manual):
+        ref = f"refs/exps/ab/cdef/{name}"  # where DVC keeps it
+        assert run(["git", "check-ref-format", ref], PROJECT_ROOT, check=False).returncode == 0
+
+
+def write_metrics(project: Path, metrics: object) -> None:
+    (project / "reports").mkdir(exist_ok=True)
+    (project / "reports/metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.mark.parametrize("scope", ["test", "test_speaker_normalised"])
+def test_gate_judges_whichever_headline_scope_evaluate_wrote(tmp_path, scope):
+    dags = load_dag_module()
+    write_metrics(tmp_path, {scope: {"uar": 0.25, "accuracy": 0.5}})
+    with pytest.raises(
+        dags.AirflowFailException, match=rf"quality gate: {scope} UAR 0\.2500 .* threshold 0\.3000"
+    ):
         dags.check_test_uar(tmp_path, 0.3)
     assert dags.check_test_uar(tmp_path, 0.25) == 0.25
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        (None, r"cannot read .*reports/metrics\.json"),
+        ({"val": {"uar": 0.9}}, r"metrics\.json has neither a test nor a test_speaker_normalised"),
+        ([0.9], "has neither a test nor"),
+        ({"test": {"accuracy": 0.9}}, r"metrics\.json has no number at test\.uar"),
+    ],
+)
+def test_gate_names_the_file_when_it_has_no_headline_uar(tmp_path, metrics, message):
+    dags = load_dag_module()
+    if metrics is not None:
+        write_metrics(tmp_path, metrics)
+    with pytest.raises(dags.AirflowFailException, match=message):
+        dags.check_test_uar(tmp_path, 0.3)
+
+
+def test_gate_threshold_from_settings_then_params(monkeypatch, tmp_path):
+    dags = load_dag_module()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"min_test_uar": 0.3}}))
+    assert dags.min_test_uar(tmp_path) == 0.3
     monkeypatch.setenv("SER_MIN_TEST_UAR", "0.2")
     assert dags.min_test_uar(tmp_path) == 0.2
 
-    monkeypatch.setenv("SER_PROJECT_DIR", "/srv/my project")
-    assert dags.dvc_command("repro") == "cd '/srv/my project' && dvc repro"
-    assert dags.remote_args() == []
-    monkeypatch.setenv("SER_DVC_REMOTE", "gcs")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert dags.dvc_command("push", *dags.remote_args()) == (
-        "cd '/srv/my project' && export MLFLOW_TRACKING_URI=http://127.0.0.1:5000"
-        " && dvc push --remote gcs"
+
+def test_commands_follow_the_settings(monkeypatch, tmp_path):
+    dags = load_dag_module()
+    monkeypatch.setattr(dags, "HOME_REPOSITORY", tmp_path / "home repo")
+    checkout = tmp_path / "runs/scheduled-20250102-030000"
+    assert dags.work_dir() == Path(os.environ["AIRFLOW_HOME"]) / "ser-runs"
+    monkeypatch.setenv("SER_WORK_DIR", str(checkout.parent))
+    assert dags.work_dir() == checkout.parent
+
+    clone, configure = dags.checkout_command(checkout).split(f" && cd {checkout} && ")
+    assert clone == (
+        f"rm -rf {checkout} && git clone --quiet --branch main -- '{tmp_path}/home repo' {checkout}"
     )
+    assert "cp " not in configure  # the home repository has no .dvc/config.local
+    assert configure.endswith(
+        f"dvc cache dir --local {tmp_path}/runs/dvc-cache && dvc pull --allow-missing"
+    )
+    config = tmp_path / "dvc.config"
+    config.write_text("")
+    monkeypatch.setenv("SER_GIT_REMOTE", "git@example.com:ser.git")
+    monkeypatch.setenv("SER_GIT_REF", "v1.2")
+    monkeypatch.setenv("SER_DVC_CONFIG", str(config))
+    monkeypatch.setenv("SER_DVC_REMOTE", "gcs")
+    command = dags.checkout_command(checkout)
+    assert "--branch v1.2 -- git@example.com:ser.git" in command
+    assert f" && cd {checkout} && cp {config} .dvc/config.local && git config" in command
+    assert command.endswith("dvc pull --allow-missing --remote gcs")
+    monkeypatch.setenv("SER_DVC_CONFIG", str(tmp_path / "missing"))
+    with pytest.raises(dags.AirflowFailException, match=r"ser_dvc_config: no such file .*missing"):
+        dags.checkout_command(checkout)
+
+    name = checkout.name
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    assert dags.exp_run_command(checkout, name) == (
+        f"export MLFLOW_TRACKING_URI='sqlite:///{tmp_path}/home repo/mlflow.db'"
+        f" PYTHONPATH={checkout}/src && cd {checkout} && dvc exp run --name {name}"
+    )  # the checkout's own code runs its stages, whatever copy of ser the worker has
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert dags.exp_run_command(checkout, name).startswith(
+        "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 "
+    )
+    assert dags.exp_push_command(checkout, name) == (
+        f"cd {checkout} && dvc exp push --force --remote gcs origin {name}"
+    )
+
+
+def standalone_settings(*overrides: str) -> dict[str, str]:
+    """The environment ``make airflow-standalone`` starts Airflow with, as ``make -n`` prints it."""
+    printed = run(["make", "-n", "airflow-standalone", *overrides], PROJECT_ROOT).stdout
+    command = next(line for line in printed.splitlines() if line.endswith("airflow standalone"))
+    return dict(word.split("=", 1) for word in shlex.split(command) if "=" in word)
+
+
+def test_airflow_standalone_serves_on_the_loopback_interface_unless_told_otherwise(tmp_path):
+    settings = standalone_settings()
+    assert settings["AIRFLOW__API__HOST"] == "127.0.0.1"
+    env = {**project_env(PROJECT_ROOT), **settings, "AIRFLOW_HOME": str(tmp_path)}
+    host = run(["airflow", "config", "get-value", "api", "host"], tmp_path, env).stdout
+    assert host.strip() == "127.0.0.1"  # the option the API server binds to
+    assert standalone_settings("AIRFLOW_API_HOST=0.0.0.0")["AIRFLOW__API__HOST"] == "0.0.0.0"
 
 
 # --- real runs -------------------------------------------------------------------------
@@ -152,103 +249,185 @@ def airflow_env(project: Path, home: Path, dag_folder: Path, **settings: str) ->
     return env
 
 
+def set_variables(project: Path, env: dict[str, str], **variables: str) -> None:
+    for name, value in variables.items():
+        run(["airflow", "variables", "set", name, value], project, env)
+
+
 def dags_test(project: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
     """``airflow dags test``: its exit code and output (also kept in ``$AIRFLOW_HOME/dags-test.log``)."""
     result = run(["airflow", "dags", "test", DAG_ID, *args], project, env, check=False)
     output = result.stdout + result.stderr
-    (Path(env["AIRFLOW_HOME"]) / "dags-test.log").write_text(output)
+    with (Path(env["AIRFLOW_HOME"]) / "dags-test.log").open("a") as log:
+        log.write(output)
     return result.returncode, output
 
 
 def task_states(env: dict[str, str]) -> dict[str, tuple[str, int]]:
-    """``task_id -> (state, try_number)`` of the (only) run in the metadata database."""
+    """``task_id -> (state, try_number)`` of the latest run in the metadata database."""
     with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
-        rows = db.execute("SELECT task_id, state, try_number FROM task_instance").fetchall()
+        rows = db.execute(
+            "SELECT task_id, state, try_number FROM task_instance WHERE run_id ="
+            " (SELECT run_id FROM dag_run ORDER BY id DESC LIMIT 1)"
+        ).fetchall()
     return {task_id: (state, tries) for task_id, state, tries in rows}
+
+
+def failed_at(task_id: str, tries: int = 1) -> dict[str, tuple[str, int]]:
+    """The task states of a run whose ``task_id`` failed ``tries`` times: the rest skipped, the clone removed."""
+    at = TASK_IDS.index(task_id)
+    states = dict.fromkeys(TASK_IDS[:at], ("success", 1)) | {task_id: ("failed", tries)}
+    states |= dict.fromkeys(TASK_IDS[at + 1 : -1], ("upstream_failed", 0))
+    return states | {"remove_checkout": ("success", 1)}
+
+
+def experiment_refs(git_remote: Path) -> dict[str, str]:
+    """Experiment name -> commit of every DVC experiment ref in ``git_remote``."""
+    listed = run(
+        ["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], git_remote
+    )
+    refs = dict(line.split() for line in listed.stdout.splitlines())
+    return {ref.rsplit("/", 1)[1]: commit for ref, commit in refs.items()}
+
+
+def project_remotes(repo: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A bare clone of ``repo`` (the git remote) and a DVC remote folder ``repo`` knows as ``backup``.
+
+    ``backup`` is in ``repo``'s ``.dvc/config.local``, which every run checkout is given.
+    """
+    origin, dvc_remote = tmp_path / "origin.git", tmp_path / "dvc-remote"
+    run(["git", "clone", "--quiet", "--bare", str(repo), str(origin)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "backup", str(dvc_remote)], repo)
+    return origin, dvc_remote
 
 
 def remote_has(remote: Path, md5: str) -> bool:
     return (remote / "files" / "md5" / md5[:2] / md5[2:]).is_file()
 
 
+def mlflow_runs(tracking: Path) -> dict[str, str]:
+    """Run name -> ``dvc.exp_name`` tag of every run in the SQLite store ``tracking``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tracking}")
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    return {
+        found.info.run_name: found.data.tags["dvc.exp_name"]
+        for found in client.search_runs(experiments)
+    }
+
+
+def registry_state(tracking: Path) -> dict[str, dict[str, str]]:
+    """Aliases of the registered model ``ser-emotion`` and each version's quality-gate tag."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tracking}")
+    aliases = client.get_registered_model("ser-emotion").aliases
+    versions = client.search_model_versions("name = 'ser-emotion'")
+    return {
+        "aliases": {alias: str(version) for alias, version in aliases.items()},
+        "gates": {str(v.version): v.tags.get("quality_gate", "") for v in versions},
+    }
+
+
 @pytest.mark.slow
-def test_dags_test_pulls_reproduces_gates_and_pushes(project_repo, tmp_path):
-    repo = project_repo({"evaluate": {"min_test_uar": 0.0}})
-    remote = tmp_path / "remote"
-    run(["dvc", "remote", "add", "backup", str(remote)], repo)  # not the default: -r must be passed
+def test_a_run_is_a_pushed_experiment_that_a_second_clone_finds(project_repo, tmp_path):
+    """Run 1 passes the gate: its experiment and data reach the remotes. Run 2 fails it: nothing is pushed."""
+    repo = project_repo()
+    origin, dvc_remote = project_remotes(repo, tmp_path)
+    run(["dvc", "push", "--quiet", "--remote", "backup", "data/raw.dvc"], repo)
     tracking = tmp_path / "tracking.db"
+    home = tmp_path / "airflow"
     env = airflow_env(
-        repo, tmp_path / "airflow", repo / "dags", SER_DVC_REMOTE="backup", SER_RETRIES="0"
-    )
-    run(
-        ["airflow", "variables", "set", "ser_mlflow_tracking_uri", f"sqlite:///{tracking}"],
         repo,
-        env,
+        home,
+        repo / "dags",
+        SER_GIT_REMOTE=str(origin),
+        SER_DVC_REMOTE="backup",  # not the default remote: --remote must be passed
+        SER_MIN_TEST_UAR="0",
+        SER_RETRIES="0",
     )
+    set_variables(repo, env, ser_mlflow_tracking_uri=f"sqlite:///{tracking}")
 
-    returncode, output = dags_test(repo, env)
+    returncode, output = dags_test(repo, env, "2025-06-01T03:00:00+00:00")
 
-    assert returncode == 0, f"see {env['AIRFLOW_HOME']}/dags-test.log"
+    assert returncode == 0, f"see {home}/dags-test.log"
     assert task_states(env) == {task_id: ("success", 1) for task_id in TASK_IDS}
+    name = "manual-20250601-030000"  # `airflow dags test` makes a manual run at that date
+    main = run(["git", "rev-parse", "main"], origin).stdout.strip()
+    assert set(experiment_refs(origin)) == {name}
+    assert f"refs/exps/{main[:2]}/{main[2:]}/{name}" in run(["git", "show-ref"], origin).stdout
     assert "quality gate: test UAR" in output
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert [path.name for path in (home / "ser-runs").iterdir()] == ["dvc-cache"]  # clone removed
+    assert set(mlflow_runs(tracking).values()) == {name}
+    assert {f"{name}:preprocess", f"{name}:train"} <= set(mlflow_runs(tracking))
+    assert registry_state(tracking) == {"aliases": {"candidate": "1", "champion": "1"},
+                                        "gates": {"1": "passed"}}  # fmt: skip
+
+    clone = tmp_path / "second-clone"
+    run(["git", "clone", "--quiet", str(origin), str(clone)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "backup", str(dvc_remote)], clone)
+    run(["dvc", "exp", "pull", "--remote", "backup", "origin", name], clone)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], clone).stdout)
+    experiments = {
+        rev["name"]: rev["data"]
+        for baseline in shown
+        for experiment in baseline.get("experiments") or []
+        for rev in experiment["revs"]
+    }
+    uar = experiments[name]["metrics"]["reports/metrics.json"]["data"]["test"]["uar"]
+    assert 0 <= uar <= 1
+    run(["dvc", "exp", "apply", name], clone)
+    run(["dvc", "pull", "--remote", "backup"], clone)
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], clone).stdout
+    assert json.loads((clone / "reports/metrics.json").read_text())["test"]["uar"] == uar
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
     outs = {
-        out["path"]: out.get("md5")
+        out["path"]: out["md5"]
         for stage in lock["stages"].values()
         for out in stage.get("outs", [])  # check_params writes nothing
     }
-    assert 0 <= json.loads((repo / "reports/metrics.json").read_text())["test"]["uar"] <= 1
     for path in CACHED_OUTS:
-        assert remote_has(remote, outs[path]), path
-    raw = yaml.safe_load((repo / "data/raw.dvc").read_text())["outs"][0]["md5"]
-    assert remote_has(remote, raw)
-    assert tracking.is_file() and not (repo / "mlflow.db").exists()
+        assert remote_has(dvc_remote, outs[path]) and (clone / path).exists(), path
+
+    # the experiment made a branch, whose outputs are all in the DVC remote; a threshold no UAR reaches
+    run(["dvc", "exp", "branch", name, "promoted"], clone)
+    run(["git", "push", "--quiet", "origin", "promoted"], clone)
+    set_variables(repo, env, ser_git_ref="promoted", ser_min_test_uar="1.01")  # Variables win
+
+    returncode, output = dags_test(repo, env, "2025-06-02T03:00:00+00:00")
+
+    assert returncode == 1
+    assert task_states(env) == failed_at("quality_gate")
+    assert "Stage 'train' didn't change, skipping" in output  # pulled, not rebuilt
+    assert f"test UAR {uar:.4f} is below the threshold 1.0100" in output
+    assert set(experiment_refs(origin)) == {name}
+    assert registry_state(tracking)["aliases"] == {"candidate": "1", "champion": "1"}
+    assert [path.name for path in (home / "ser-runs").iterdir()] == ["dvc-cache"]
 
 
 @pytest.mark.slow
 def test_failing_repro_is_retried_and_nothing_is_pushed(project_repo, tmp_path):
     repo = project_repo()
-    remote = tmp_path / "remote"
-    run(["dvc", "remote", "add", "-d", "local", str(remote)], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["epochs"] = "many"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    run(["git", "commit", "--quiet", "--all", "--message", "a misspelt knob"], repo)
+    origin, dvc_remote = project_remotes(repo, tmp_path)
     env = airflow_env(
-        repo, tmp_path / "airflow", repo / "dags", SER_RETRIES="1", SER_RETRY_DELAY_SECONDS="1"
+        repo,
+        tmp_path / "airflow",
+        repo / "dags",
+        SER_GIT_REMOTE=str(origin),
+        SER_DVC_REMOTE="backup",
+        SER_RETRIES="1",
+        SER_RETRY_DELAY_SECONDS="1",
     )
 
     returncode, output = dags_test(repo, env)
 
     assert returncode == 1
-    assert task_states(env) == {
-        "dvc_pull": ("success", 1),
-        "dvc_repro": ("failed", 2),
-        "quality_gate": ("upstream_failed", 0),
-        "dvc_push": ("upstream_failed", 0),
-    }
+    assert task_states(env) == failed_at("dvc_exp_run", tries=2)
     assert "train.epochs" in output
-    assert not (remote / "files").exists()
-
-
-@pytest.mark.slow
-def test_failing_quality_gate_stops_the_push(tmp_path):
-    """Pull and repro are marked successful; the gate judges a written metrics file."""
-    project = tmp_path / "project"
-    (project / "reports").mkdir(parents=True)
-    shutil.copy2(PROJECT_ROOT / "params.yaml", project)  # evaluate.min_test_uar: 0.30
-    (project / "reports/metrics.json").write_text(json.dumps({"test": {"uar": 0.4}}))
-    env = airflow_env(
-        project, tmp_path / "airflow", DAGS, SER_PROJECT_DIR=str(project), SER_MIN_TEST_UAR="0.35"
-    )
-    run(["airflow", "variables", "set", "ser_min_test_uar", "0.5"], project, env)  # wins
-
-    returncode, output = dags_test(project, env, "--mark-success-pattern", "dvc_pull|dvc_repro")
-
-    assert returncode == 1
-    assert task_states(env) == {
-        "dvc_pull": ("success", 1),
-        "dvc_repro": ("success", 1),
-        "quality_gate": ("failed", 1),
-        "dvc_push": ("upstream_failed", 0),
-    }
-    assert "test UAR 0.4000 is below the threshold 0.5000" in output
+    assert experiment_refs(origin) == {}
+    assert not (dvc_remote / "files").exists()
