@@ -12,7 +12,14 @@ import yaml
 from conftest import PROJECT_ROOT, make_params, run
 
 from ser.config import flatten
-from ser.tracking import data_version, run_tags, stage_run, tracking_uri, ui_address
+from ser.tracking import (
+    artifact_root,
+    data_version,
+    run_tags,
+    stage_run,
+    tracking_uri,
+    ui_address,
+)
 
 
 def client(workspace: Path) -> mlflow.MlflowClient:
@@ -170,3 +177,17 @@ def test_the_ui_address_opens_the_experiments_runs_table(mlflow_workspace):
         pass
     experiment = mlflow.get_experiment_by_name("ser").experiment_id
     assert ui_address(base, "ser") == f"http://127.0.0.1:5000/#/experiments/{experiment}{view}"
+
+
+def test_a_sqlite_store_keeps_new_experiments_artifacts_beside_its_file(
+    mlflow_workspace, monkeypatch
+):
+    store = mlflow_workspace / "elsewhere" / "tracking.db"
+    store.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.chdir(store.parent.parent)  # not where the store is
+    with stage_run("train", make_params()):
+        pass
+    experiment = mlflow.get_experiment_by_name("ser")
+    assert experiment.artifact_location == (store.parent / "mlartifacts").as_uri()
+    assert artifact_root("http://127.0.0.1:5000") is None  # a server chooses its own

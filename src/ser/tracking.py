@@ -56,21 +56,30 @@ def run_tags(stage: str) -> dict[str, str]:
     }
 
 
-def connect() -> bool:
-    """Point MLflow at the tracking store; True when it is the embedded SQLite store."""
+def connect() -> None:
+    """Point MLflow at the tracking store."""
     embedded = not os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri())
     if embedded:
         # set_tracking_uri exports the variable; the default must follow the working directory
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return embedded
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment of the store ``uri`` keeps its artifacts: beside a SQLite file
+    (MLflow's default, ``./mlruns``, would follow the working directory, e.g. a scheduled
+    run's clone that is then removed); a server decides for itself (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
 def use_experiment(name: str) -> None:
-    """Point MLflow at the store and experiment; the embedded store keeps artifacts beside it."""
-    if connect() and mlflow.get_experiment_by_name(name) is None:
-        artifacts = (workspace_root() / "mlartifacts").as_uri()
-        mlflow.create_experiment(name, artifact_location=artifacts)
+    """Point MLflow at the store and experiment, creating it with :func:`artifact_root`."""
+    connect()
+    root = artifact_root(tracking_uri())
+    if root is not None and mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=root)
     mlflow.set_experiment(name)
 
 
