@@ -147,6 +147,37 @@ def test_truncated_flac_is_bad_audio(tmp_path):
         load_clip(path, AudioParams())
 
 
+@pytest.mark.parametrize("suffix", [".wav", ".aiff"])
+def test_truncated_pcm_files_are_bad_audio_not_shorter_clips(tmp_path, suffix):
+    path = write_audio(tmp_path / f"clip{suffix}", noise(1.0))
+    whole = path.read_bytes()
+    assert decode(path)[0].shape == (SAMPLE_RATE, 1)
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        BadAudio, match=r"^truncated: the header announces \d+ bytes of audio, the file holds \d+$"
+    ):
+        decode(path)
+    with pytest.raises(BadAudio, match="truncated"):
+        decode(whole[: len(whole) // 2])  # the bytes of a request, as served
+
+
+def test_trailing_bytes_and_streamed_sizes_are_not_truncation(tmp_path):
+    path = write_audio(tmp_path / "clip.wav", noise(1.0))
+    whole = path.read_bytes()
+    assert decode(whole + b"\0" * 100)[0].shape == (SAMPLE_RATE, 1)
+    streamed = bytearray(whole)
+    data = whole.index(b"data")
+    streamed[data + 4 : data + 8] = (0xFFFFFFFF).to_bytes(
+        4, "little"
+    )  # length not known when written
+    assert decode(bytes(streamed))[0].shape == (SAMPLE_RATE, 1)
+
+
+def test_an_unreadable_clips_reason_is_libsndfiles_not_a_python_repr():
+    with pytest.raises(BadAudio, match=r"^not readable audio \(Format not recognised\.\)$"):
+        decode(b"plain text, not audio")
+
+
 def test_file_without_frames_is_bad_audio(tmp_path):
     path = write_audio(tmp_path / "clip.wav", np.zeros((0, 1), np.float32))
     with pytest.raises(BadAudio, match="empty: no audio frames"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import io
@@ -151,10 +152,23 @@ GOOD = wav_bytes(tone(0.8, 200))
         ),
         (pd.DataFrame({AUDIO_COLUMN: [GOOD, b""]}), "row 1: empty: no bytes"),
         (pd.DataFrame({AUDIO_COLUMN: [b"hello, not audio"]}), r"row 0: not readable audio"),
-        (pd.DataFrame({AUDIO_COLUMN: [GOOD, GOOD[: len(GOOD) // 8]]}), r"row 1: "),
+        (
+            pd.DataFrame({AUDIO_COLUMN: [base64.b64encode(GOOD)]}),
+            r"row 0: not readable audio \(Format not recognised\.\) \(the audio looks like base64",
+        ),
+        (pd.DataFrame({AUDIO_COLUMN: [GOOD, GOOD[: len(GOOD) // 2]]}), r"row 1: truncated: "),
         (pd.DataFrame({AUDIO_COLUMN: [wav_bytes(tone(0.01, 200))]}), "row 0: too short"),
     ],
-    ids=["no-audio-column", "no-rows", "not-bytes", "empty", "not-audio", "truncated", "short"],
+    ids=[
+        "no-audio-column",
+        "no-rows",
+        "not-bytes",
+        "empty",
+        "not-audio",
+        "base64",
+        "truncated",
+        "short",
+    ],
 )
 def test_an_unusable_request_is_refused_naming_the_row_and_why(trained_models, table, message):
     classifier = Classifier.load(trained_models["spectrogram_cnn"])

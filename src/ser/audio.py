@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import librosa
@@ -60,11 +61,29 @@ def decode(source: Path | bytes, max_duration: float | None = None) -> tuple[np.
     try:
         with soundfile.SoundFile(opened) as file:
             check_header(file.frames, file.samplerate, max_duration)
+            check_complete(file.extra_info)
             return file.read(dtype="float32", always_2d=True), file.samplerate
     except BadAudio:
         raise
-    except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
+    except soundfile.LibsndfileError as error:
+        raise BadAudio(f"not readable audio ({error.error_string})") from None
+    except (RuntimeError, ValueError) as error:
         raise BadAudio(f"not readable audio ({error})") from None
+
+
+# libsndfile's report on a WAV or AIFF whose data chunk is shorter than its header says
+# (it then quietly reads what is there): "data : 32000 (should be 15978)"
+SHORT_CHUNK = re.compile(r"^(?:data|FORM) *: (\d+) \(should be (\d+)\)", re.MULTILINE)
+STREAMED_SIZE = 0xFFFFFFFF  # a size written before the length was known, not a promise
+
+
+def check_complete(report: str) -> None:
+    """Raise BadAudio for a file cut short (a truncated download or upload), from the
+    report libsndfile gives of the file's header (``SoundFile.extra_info``)."""
+    if (found := SHORT_CHUNK.search(report)) and int(found[2]) < int(found[1]) < STREAMED_SIZE:
+        raise BadAudio(
+            f"truncated: the header announces {found[1]} bytes of audio, the file holds {found[2]}"
+        )
 
 
 def downmix(samples: np.ndarray) -> np.ndarray:

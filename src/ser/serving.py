@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import shutil
 import tempfile
 from importlib.metadata import version
@@ -50,6 +51,15 @@ RUNTIME_PACKAGES = (
 )  # fmt: skip
 
 
+# MLflow decodes a binary column's base64 only in the dataframe_split / dataframe_records
+# forms; "inputs" and "instances" hand the model the base64 text itself
+BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]{16,}")
+BASE64_HINT = (
+    " (the audio looks like base64 text: send it in the dataframe_records or dataframe_split"
+    " form, which MLflow decodes)"
+)
+
+
 class RequestError(MlflowException):
     """A request the model cannot answer; the scoring server returns it as HTTP 400."""
 
@@ -75,7 +85,8 @@ def predict_table(classifier: Classifier, clips: pd.DataFrame) -> pd.DataFrame:
     labels, probabilities = [], []
     for row, label, result in predict_clips(sources, classifier, batch_size=len(sources)):
         if label is None:
-            raise RequestError(f"row {row}: {result}")
+            hint = BASE64_HINT if BASE64_TEXT.fullmatch(sources[row][1]) else ""
+            raise RequestError(f"row {row}: {result}{hint}")
         labels.append(label)
         probabilities.append(result)
     table = pd.DataFrame(np.vstack(probabilities).astype(float), columns=classifier.classes)
@@ -134,7 +145,7 @@ def log_model(models_dir: Path, registered_model: str | None = None) -> ModelInf
 
 def classifier_dir(model: str | Path) -> Path:
     """The saved classifier named by ``model``: a folder, or an MLflow model URI
-    (``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<id>/model``) whose
+    (``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``models:/m-<id>``) whose
     artifacts are downloaded from the tracking server."""
     if isinstance(model, Path) or ":/" not in model:
         return Path(model)
