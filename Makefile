@@ -13,7 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev,airflow]"
 	touch $@
 
-install: $(STAMP)  ## virtual environment with the project and every tool it uses
+# the page `dvc plots show` fills (.dvc/config: plots.html_template), charting libraries inlined
+PLOTS_PAGE := .dvc/plots/offline.html
+$(PLOTS_PAGE): $(STAMP) src/ser/plots.py
+	python -m ser.plots
+
+install: $(STAMP) $(PLOTS_PAGE)  ## virtual environment with the project and every tool it uses
 
 data: install  ## bring RAVDESS into data/raw (SER_CORPUS_SOURCE points elsewhere) and track it
 	ser data
@@ -29,8 +34,26 @@ lint: install
 	ruff format --check src tests dags benchmarks
 	ruff check src tests dags benchmarks
 
-mlflow-ui: install  ## browse runs of the embedded store at http://127.0.0.1:5000
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+MLFLOW_UI_PORT ?= 5000
+mlflow-ui: install  ## browse runs of the embedded store: open the address it prints (README)
+	@python -m ser.tracking http://127.0.0.1:$(MLFLOW_UI_PORT)
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
+
+# A team's tracking server (docs/team.md): runs and models in PostgreSQL, artifacts proxied to a
+# folder or gs://bucket/path; clients set MLFLOW_TRACKING_URI=http://<host>:<port>
+MLFLOW_BACKEND_STORE_URI ?= postgresql://ser@127.0.0.1:5432/mlflow
+MLFLOW_ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts-server
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_SERVER_ARGS ?=
+# true starts MLflow's GenAI job runners too (seven processes; this project has no use for them)
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
+.PHONY: mlflow-server
+mlflow-server: install  ## MLflow tracking server on PostgreSQL at http://$(MLFLOW_HOST):$(MLFLOW_PORT) (docs/team.md)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$(MLFLOW_SERVER_ENABLE_JOB_EXECUTION) \
+		mlflow server --backend-store-uri "$(MLFLOW_BACKEND_STORE_URI)" \
+		--artifacts-destination "$(MLFLOW_ARTIFACTS_DESTINATION)" \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT) $(MLFLOW_SERVER_ARGS)
 
 benchmark: install  ## speed figures on the shared RAVDESS (see README)
 	python benchmarks/pipeline_speed.py
@@ -40,6 +63,10 @@ benchmark: install  ## speed figures on the shared RAVDESS (see README)
 benchmark-accuracy: install  ## grouped k-fold CV by speaker, model kinds x feature sets (see README)
 	python benchmarks/accuracy.py --sets compare --kinds fusion seed_cnn logreg
 
+.PHONY: benchmark-serving
+benchmark-serving: install  ## `mlflow models serve` of models/ on 127.0.0.1 under load: p50/p95 latency, clips/s (see README)
+	python benchmarks/serving.py
+
 .PHONY: push pull
 
 push: install  ## send data, features and models to the DVC remote (docs/gcs.md)
@@ -48,12 +75,19 @@ push: install  ## send data, features and models to the DVC remote (docs/gcs.md)
 pull: install  ## fetch data, features and models from the DVC remote (docs/gcs.md)
 	ser remote pull
 
+.PHONY: compose-check
+compose-check: install  ## validate docker-compose.yaml and lint the Dockerfile, no container engine needed (docs/docker.md)
+	docker-compose config --quiet
+	hadolint Dockerfile
+
 # Airflow with a project-local home (.airflow/, SQLite) that sees only this checkout's dags/
 AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False
+# the UI and API listen on this address only; AIRFLOW_API_HOST=0.0.0.0 opens them to the network
+AIRFLOW_API_HOST ?= 127.0.0.1
 .PHONY: airflow-test airflow-standalone
-airflow-test: install  ## run the ser_pipeline DAG once here: dvc pull, repro, quality gate, push (docs/airflow.md)
+airflow-test: install  ## run the ser_pipeline DAG once: clone main, dvc exp run, quality gate, dvc exp push (docs/airflow.md)
 	$(AIRFLOW_ENV) airflow db migrate
 	$(AIRFLOW_ENV) airflow dags test ser_pipeline
 
-airflow-standalone: install  ## local Airflow on http://localhost:8080 running ser_pipeline on its schedule (docs/airflow.md)
-	$(AIRFLOW_ENV) airflow standalone
+airflow-standalone: install  ## local Airflow on http://127.0.0.1:8080 running ser_pipeline on its schedule (docs/airflow.md)
+	$(AIRFLOW_ENV) AIRFLOW__API__HOST=$(AIRFLOW_API_HOST) airflow standalone

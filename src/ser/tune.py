@@ -7,6 +7,7 @@ trials, and several workers, here or on other machines, can fill one study.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from ser import paths
 from ser.artifacts import write_json, write_with
@@ -43,6 +46,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is logged per trial below
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 HEARTBEAT_S = 20
+SCHEMA_ATTEMPTS = 5
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -123,16 +127,36 @@ def study_name(params: Params, data_sha256: str) -> str:
     return "ser-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def open_study(params: Params, name: str, worker: int = 0) -> optuna.Study:
-    """Create or load the study; stale trials of killed workers are failed by heartbeat."""
-    url = params.tune.storage
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's storage at ``url`` (``tune.storage``), creating its tables on first use.
+
+    Workers that start together on an empty database race to create the tables; on
+    PostgreSQL the losers fail with a duplicate type or table (optuna#1092) and retry
+    here, once the winner's tables exist.
+    """
     engine_kwargs = None
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
-    storage = optuna.storages.RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S
+    connect = functools.partial(
+        optuna.storages.RDBStorage,
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=HEARTBEAT_S,
     )
+    for attempt in range(1, SCHEMA_ATTEMPTS):
+        try:
+            return connect()
+        except (IntegrityError, ProgrammingError) as error:
+            name = type(error.orig).__name__
+            log.info("another worker is creating the study tables (%s); retrying", name)
+            time.sleep(0.5 * attempt)
+    return connect()
+
+
+def open_study(params: Params, name: str, worker: int = 0) -> optuna.Study:
+    """Create or load the study; stale trials of killed workers are failed by heartbeat."""
+    storage = open_storage(params.tune.storage)
     study = optuna.load_study(study_name=name, storage=storage) if _exists(storage, name) else None
     finished = len(study.get_trials(deepcopy=False)) if study else 0
     sampler = optuna.samplers.TPESampler(
