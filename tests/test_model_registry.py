@@ -1,4 +1,4 @@
-"""The Model Registry: versions with alias candidate, and the quality gate that moves champion."""
+"""The MLflow Model Registry (ser.registry): versions with alias candidate, and the quality gate that moves champion."""
 
 from __future__ import annotations
 
