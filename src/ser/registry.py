@@ -48,7 +48,7 @@ def workspace_version(record: Path = paths.TRAIN_RUN_ID) -> str | None:
     return str(read_json(record)["version"]) if record.is_file() else None
 
 
-def test_uar(client: MlflowClient, model_version: ModelVersion) -> tuple[str, float]:
+def tested_uar(client: MlflowClient, model_version: ModelVersion) -> tuple[str, float]:
     """The scope and test UAR evaluate logged to the run that trained ``model_version``."""
     metrics = client.get_run(model_version.run_id).data.metrics
     for scope in TEST_SCOPES:
@@ -82,7 +82,7 @@ def promote(params: Params, version: str | None = None, min_uar: float | None = 
         champion = client.get_registered_model(name).aliases.get(CHAMPION)
     except MlflowException as error:
         raise RegistryError(f"registered model {name!r}: {error.message}") from None
-    scope, uar = test_uar(client, model_version)
+    scope, uar = tested_uar(client, model_version)
     verdict = f"version {version} of {name}: {scope} UAR {uar:.4f}"
     client.set_model_version_tag(name, version, f"{scope}_uar", f"{uar:.4f}")
     if uar < threshold:

@@ -16,7 +16,6 @@ request with an unusable clip fails as a whole with HTTP 400 naming the row and 
 from __future__ import annotations
 
 import io
-import logging
 import re
 import shutil
 import tempfile
@@ -36,8 +35,6 @@ from mlflow.types import ColSpec, DataType, Schema
 import ser
 from ser.classifier import Classifier
 from ser.predict import predict_clips
-
-log = logging.getLogger(__name__)
 
 AUDIO_COLUMN = "audio"
 LABEL_COLUMN = "label"
