@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import os
 import shlex
 import shutil
@@ -238,6 +239,15 @@ def noise(
     """Seeded white noise."""
     rng = np.random.default_rng(seed)
     return rng.normal(0, amplitude, int(seconds * sample_rate)).astype(np.float32)
+
+
+def audio_bytes(
+    samples: np.ndarray, sample_rate: int = SAMPLE_RATE, audio_format: str = "WAV"
+) -> bytes:
+    """The bytes of an audio file of ``samples``, as a client would send them."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sample_rate, format=audio_format)
+    return buffer.getvalue()
 
 
 def write_audio(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:

@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SAMPLE_RATE, noise, tone, write_audio
+from conftest import SAMPLE_RATE, audio_bytes, noise, tone, write_audio
 
 from ser import EMOTIONS
 from ser.classifier import Classifier
@@ -130,15 +130,7 @@ def test_the_request_example_is_a_usable_clip(trained_models):
     assert answer[list(EMOTIONS)].sum(axis=1).iloc[0] == pytest.approx(1.0, abs=1e-5)
 
 
-def wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    buffer = io.BytesIO()
-    import soundfile
-
-    soundfile.write(buffer, samples, sample_rate, format="WAV")
-    return buffer.getvalue()
-
-
-GOOD = wav_bytes(tone(0.8, 200))
+GOOD = audio_bytes(tone(0.8, 200))
 
 
 @pytest.mark.parametrize(
@@ -157,7 +149,7 @@ GOOD = wav_bytes(tone(0.8, 200))
             r"row 0: not readable audio \(Format not recognised\.\) \(the audio looks like base64",
         ),
         (pd.DataFrame({AUDIO_COLUMN: [GOOD, GOOD[: len(GOOD) // 2]]}), r"row 1: truncated: "),
-        (pd.DataFrame({AUDIO_COLUMN: [wav_bytes(tone(0.01, 200))]}), "row 0: too short"),
+        (pd.DataFrame({AUDIO_COLUMN: [audio_bytes(tone(0.01, 200))]}), "row 0: too short"),
     ],
     ids=[
         "no-audio-column",
@@ -182,7 +174,7 @@ def test_a_clip_longer_than_the_models_limit_is_refused_from_its_header(trained_
     classifier = dataclasses.replace(
         classifier, audio=classifier.audio.model_copy(update={"max_duration": 2.0})
     )
-    long = wav_bytes(tone(2.5, 200))
+    long = audio_bytes(tone(2.5, 200))
     with pytest.raises(
         RequestError, match=r"row 0: too long: 2\.5 s \(audio\.max_duration is 2\.0 s\)"
     ):

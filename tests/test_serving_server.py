@@ -5,7 +5,6 @@ server stays up, and the load benchmark measures it."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import shutil
 import sys
@@ -14,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
-from conftest import PROJECT_ROOT, synth_clip, tone, write_audio
+from conftest import PROJECT_ROOT, audio_bytes, synth_clip, tone, write_audio
 
 from ser.classifier import Classifier
 from ser.predict import predict_files
@@ -56,12 +54,6 @@ def encoded(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def wav_bytes(samples: np.ndarray, sample_rate: int = 16_000, audio_format: str = "WAV") -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, sample_rate, format=audio_format)
-    return buffer.getvalue()
-
-
 def predictions(text: str) -> list[dict[str, object]]:
     return json.loads(text)["predictions"]
 
@@ -93,8 +85,8 @@ def test_the_split_orientation_is_answered_the_same(server, clip_files, trained_
     assert_same_as_ser_predict(predictions(text), clip_files, trained_models["spectrogram_cnn"])
 
 
-GOOD = wav_bytes(synth_clip(2, 1, 1))
-FLAC = wav_bytes(synth_clip(4, 2, 0), audio_format="FLAC")
+GOOD = audio_bytes(synth_clip(2, 1, 1))
+FLAC = audio_bytes(synth_clip(4, 2, 0), audio_format="FLAC")
 
 
 def records(*values: object) -> bytes:
@@ -114,7 +106,7 @@ BAD_REQUESTS = {
     "truncated WAV": (records(encoded(GOOD[: len(GOOD) // 2])), None, 400, "row 0: "),
     "WAV header only": (records(encoded(GOOD[:44])), None, 400, "row 0: empty: no audio frames"),
     "too long": (
-        records(encoded(wav_bytes(tone(61, sample_rate=8000), 8000))),
+        records(encoded(audio_bytes(tone(61, sample_rate=8000), 8000))),
         None, 400, "row 0: too long: 61.0 s (audio.max_duration is 60.0 s)",
     ),
     "second row bad": (records(encoded(GOOD), encoded(b"RIFF")), None, 400, "row 1: "),
