@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 # the page `dvc plots show` fills (.dvc/config: plots.html_template), charting libraries inlined
 PLOTS_PAGE := .dvc/plots/offline.html
-$(PLOTS_PAGE): $(STAMP) src/ser/plots.py
-	python -m ser.plots
+$(PLOTS_PAGE): $(STAMP) src/ser/ops/plots_page.py
+	python -m ser.ops.plots_page
 
 install: $(STAMP) $(PLOTS_PAGE)  ## virtual environment with the project and every tool it uses
 
@@ -36,7 +36,7 @@ lint: install
 
 MLFLOW_UI_PORT ?= 5000
 mlflow-ui: install  ## browse runs of the embedded store: open the address it prints (README)
-	@python -m ser.tracking http://127.0.0.1:$(MLFLOW_UI_PORT)
+	@python -m ser.ops.tracking http://127.0.0.1:$(MLFLOW_UI_PORT)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
 
 # A team's tracking server (docs/team.md): runs and models in PostgreSQL, artifacts proxied to a

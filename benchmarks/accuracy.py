@@ -32,23 +32,22 @@ from pipeline_speed import SHARED_RAVDESS, machine
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ser import EMOTIONS, ORIGINAL
-from ser.artifacts import write_json, write_with
 from ser.config import Params, load_params
-from ser.dataset import FRAMES_COLUMN, META_COLUMNS
-from ser.features import feature_names
-from ser.featurize import extract_features
-from ser.manifest import scan
+from ser.corpus.manifest import scan
 from ser.metrics import summary, uar
-from ser.models import KINDS as REGISTERED
-from ser.models import kind_named
-from ser.models.base import CLIP, FRAMES, label_indices
+from ser.models import MODULE_OF, kind_named
+from ser.models.base import CLIP_INPUT, FRAMES_INPUT, label_indices
 from ser.models.fusion import Fusion
-from ser.train import train_model
+from ser.ops.atomic import write_json, write_with
+from ser.signal.features import feature_names
+from ser.stages.train import train_model
+from ser.table.extract import extract_features
+from ser.table.store import FRAMES_COLUMN, META_COLUMNS
 
 log = logging.getLogger("benchmark")
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = tuple(REGISTERED)
+KINDS = tuple(MODULE_OF)
 SETS = ("seed", "egemaps", "compare")
 
 
@@ -84,16 +83,22 @@ def feature_table(manifest: pd.DataFrame, params: Params) -> pd.DataFrame:
     extracted = extract_features(manifest.assign(split="train"), params)
     log.info(
         "features: %d rows, %d clips extracted in %.0f s, %d failed",
-        len(extracted.table), extracted.stats.computed_clips, extracted.stats.seconds,
+        len(extracted.table),
+        extracted.stats.computed_clips,
+        extracted.stats.seconds,
         len(extracted.errors),
-    )  # fmt: skip
+    )
     return extracted.table.assign(**{FRAMES_COLUMN: extracted.frames})
 
 
 def run_fold(
-    table: pd.DataFrame, columns: list[str], folds: list[list[str]], index: int,
-    kind: str, params: Params,
-) -> FoldResult:  # fmt: skip
+    table: pd.DataFrame,
+    columns: list[str],
+    folds: list[list[str]],
+    index: int,
+    kind: str,
+    params: Params,
+) -> FoldResult:
     """Train on the training folds, choose on fold ``index + 1``, score fold ``index`` once."""
     test, val = folds[index], folds[(index + 1) % len(folds)]
     split = np.where(
@@ -116,13 +121,23 @@ def run_fold(
     members = {}
     if isinstance(trained.model, Fusion):
         truth = label_indices(test_rows)
-        for name, member in (("spectrogram_cnn", trained.model.network),
-                             ("logreg", trained.model.linear)):  # fmt: skip
+        for name, member in (
+            ("spectrogram_cnn", trained.model.network),
+            ("logreg", trained.model.linear),
+        ):
             members[name] = uar(truth, member.predict_proba(test_rows).argmax(axis=1))
     return FoldResult(
-        index, test, val, scores["uar"], scores["accuracy"], scores["macro_f1"],
-        trained.val["uar"], fit_seconds, 1000 * predict_seconds / len(test_rows), members,
-    )  # fmt: skip
+        index,
+        test,
+        val,
+        scores["uar"],
+        scores["accuracy"],
+        scores["macro_f1"],
+        trained.val["uar"],
+        fit_seconds,
+        1000 * predict_seconds / len(test_rows),
+        members,
+    )
 
 
 def aggregate(feature_set: str, kind: str, results: list[FoldResult]) -> dict[str, object]:
@@ -179,9 +194,9 @@ def settings(params: Params, corpus: Path, folds: int, kind: str) -> dict[str, o
     registered = kind_named(kind)
     sections = {"split": {"seed"}, "audio": True, "augment": True, "train": True}
     sections |= {name: True for name in (registered.section, *MEMBER_SECTIONS.get(kind, ()))}
-    if CLIP in registered.inputs:
+    if CLIP_INPUT in registered.inputs:
         sections |= {"features": True, "preprocessing": True}
-    if FRAMES in registered.inputs:
+    if FRAMES_INPUT in registered.inputs:
         sections |= {"frames": True}
     knobs = params.model_dump(
         mode="json", include=sections, exclude={"features": {"sets", "workers", "cache_dir"}}
@@ -195,9 +210,10 @@ def previous_rows(path: Path, params: Params, corpus: Path, folds: int) -> list[
         return []
     rows = json.loads(path.read_text())["rows"]
     kept = [
-        r for r in rows
+        r
+        for r in rows
         if r["kind"] in KINDS and r["settings"] == settings(params, corpus, folds, r["kind"])
-    ]  # fmt: skip
+    ]
     if len(kept) < len(rows):
         log.info("%s: dropped %d row(s) measured with other settings", path, len(rows) - len(kept))
     return kept
@@ -222,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy",
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "accuracy",
         help="writes <out>.md and <out>.json",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for noisy in ("mlflow", "absl", "numba", "ser.train", "ser.models.base"):
+    for noisy in ("mlflow", "absl", "numba", "ser.stages.train", "ser.models.base"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.perf_counter()
     info = machine() | {"corpus": str(args.corpus), "folds": args.folds}
@@ -238,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         update={"features": params.features.model_copy(update={"sets": args.sets})}
     )
     manifest, problems = scan(args.corpus, params.data.corpora)
-    log.info("%d clips of %d speakers (%d skipped)", len(manifest),
-             manifest["speaker"].nunique(), len(problems))  # fmt: skip
+    log.info(
+        "%d clips of %d speakers (%d skipped)",
+        len(manifest),
+        manifest["speaker"].nunique(),
+        len(problems),
+    )
     folds = speaker_folds(manifest, args.folds, params.split.seed)
     table = feature_table(manifest, params)
 
@@ -256,10 +278,19 @@ def main(argv: list[str] | None = None) -> int:
             results = []
             for index in range(args.folds):
                 results.append(run_fold(table, columns, folds, index, kind, params))
-                log.info("%s %s fold %d: test UAR %.3f (val %.3f, %.0f s)", feature_set, kind,
-                         index, results[-1].uar, results[-1].val_uar, results[-1].fit_seconds)  # fmt: skip
-            about = {"settings": settings(params, args.corpus, args.folds, kind),
-                     "measured": machine()}  # fmt: skip
+                log.info(
+                    "%s %s fold %d: test UAR %.3f (val %.3f, %.0f s)",
+                    feature_set,
+                    kind,
+                    index,
+                    results[-1].uar,
+                    results[-1].val_uar,
+                    results[-1].fit_seconds,
+                )
+            about = {
+                "settings": settings(params, args.corpus, args.folds, kind),
+                "measured": machine(),
+            }
             rows.append(aggregate(feature_set, kind, results) | about)
             save(args.out, rows, info)  # a long grid keeps what it finished
 

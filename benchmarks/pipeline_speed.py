@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 
 from ser.config import Params, load_params
-from ser.featurize import extract_features
-from ser.manifest import scan
-from ser.split import assign_splits
+from ser.corpus.manifest import scan
+from ser.corpus.split import assign_splits
+from ser.table.extract import extract_features
 
 log = logging.getLogger("benchmark")
 
@@ -173,9 +173,11 @@ def extraction_report(repo: Path) -> dict[str, int]:
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ser")
     (latest,) = client.search_runs(
-        [experiment.experiment_id], "tags.`ser.stage` = 'preprocess'",
-        order_by=["attributes.start_time DESC"], max_results=1,
-    )  # fmt: skip
+        [experiment.experiment_id],
+        "tags.`ser.stage` = 'preprocess'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     metrics = latest.data.metrics
     return {"clips": int(metrics["clips"]), "computed_clips": int(metrics["extracted_clips"])}
 
@@ -211,8 +213,8 @@ def measure_repro(corpus: Path, repo: Path) -> list[Row]:
 
 def measure_latency(model_dir: Path, clips: list[Path]) -> list[Row]:
     """One clip at a time, as ``ser predict`` does: decode + features, then the network."""
-    from ser.classifier import Classifier  # TensorFlow only now: extraction above forks
-    from ser.predict import feature_rows, featurise
+    from ser.models.bundle import Classifier  # TensorFlow only now: extraction above forks
+    from ser.serve.predict import feature_rows, featurise
 
     started = time.perf_counter()
     classifier = Classifier.load(model_dir)

@@ -34,11 +34,11 @@ import numpy as np
 from mlflow import MlflowClient
 from pipeline_speed import SHARED_RAVDESS, machine
 
-from ser.artifacts import read_json, write_json, write_with
 from ser.config import load_params
-from ser.registry import CHAMPION
-from ser.serving import AUDIO_COLUMN, example_clip, log_model
-from ser.tracking import tracking_uri
+from ser.ops.atomic import read_json, write_json, write_with
+from ser.ops.tracking import tracking_uri
+from ser.serve.mlflow_model import AUDIO_COLUMN, example_clip, log_model
+from ser.serve.registry import CHAMPION
 
 log = logging.getLogger("benchmark")
 
@@ -69,19 +69,36 @@ class ScoringServer:
         self.start_seconds = float("nan")
 
     def __enter__(self) -> ScoringServer:
-        command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve",
-                   "-m", self.model_uri, "--env-manager", "local",
-                   "-h", "127.0.0.1", "-p", str(self.port), "-w", str(self.workers)]  # fmt: skip
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            self.model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-w",
+            str(self.workers),
+        ]
         # the server runs `uvicorn` from PATH: the one installed beside this Python
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        env = dict(os.environ, MLFLOW_TRACKING_URI=self.store_uri, TF_CPP_MIN_LOG_LEVEL="3",
-                   PATH=path)  # fmt: skip
+        env = dict(
+            os.environ, MLFLOW_TRACKING_URI=self.store_uri, TF_CPP_MIN_LOG_LEVEL="3", PATH=path
+        )
         started = time.perf_counter()
         with self.log_path.open("w") as sink:
             self.process = subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=sink,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             self.wait_until_up(started + START_TIMEOUT)
         except BaseException:
@@ -233,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="requests in all, one clip each")
     parser.add_argument("--corpus", type=Path, default=SHARED_RAVDESS, help="RAVDESS folder")
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving",
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "serving",
         help="writes <out>.md and <out>.json",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     if min(args.clients, args.requests, args.workers) < 1:
         parser.error("--clients, --requests and --workers must be at least 1")
@@ -264,8 +283,12 @@ def main(argv: list[str] | None = None) -> int:
             measure_load(server.url, bodies, args.workers, 4 * args.workers)
             log.info("%d requests from %d clients", args.requests, args.clients)
             result = measure_load(server.url, bodies, args.clients, args.requests)
-        result |= {"model": label, "workers": args.workers, "clips": about_clips,
-                   "server_start_s": server.start_seconds}  # fmt: skip
+        result |= {
+            "model": label,
+            "workers": args.workers,
+            "clips": about_clips,
+            "server_start_s": server.start_seconds,
+        }
 
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     info["benchmark_seconds"] = round(time.perf_counter() - started, 1)

@@ -30,7 +30,7 @@ variable `SER_<NAME>`, else a default (docs/airflow.md has the table):
 | `work_dir`              | `$AIRFLOW_HOME/ser-runs` (`~/airflow/ser-runs`)        | run time   |
 | `dvc_config`            | `.dvc/config.local` of that repository, if it has one  | run time   |
 | `dvc_remote`            | the project's default DVC remote                       | run time   |
-| `min_test_uar`          | `evaluate.min_test_uar` in the checkout's params       | run time   |
+| `min_test_uar`          | `quality_gate.min_test_uar` in the checkout's params   | run time   |
 | `mlflow_tracking_uri`   | env `MLFLOW_TRACKING_URI`, else `mlflow.db` in that repository | run time |
 | `schedule`              | `@daily`                                               | parse time |
 | `retries`               | `2` (the quality gate never retries)                   | parse time |
@@ -40,7 +40,6 @@ variable `SER_<NAME>`, else a default (docs/airflow.md has the table):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -49,20 +48,18 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import yaml
 from airflow.sdk import DAG, Variable, chain, get_current_context, setup, task, teardown
 from airflow.sdk.exceptions import AirflowFailException
+
+from ser import paths
+from ser.config import DEFAULT_PARAMS, load_params
+from ser.errors import SerError
+from ser.serve import gate
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "ser_pipeline"
 HOME_REPOSITORY = Path(__file__).resolve().parents[1]
-METRICS = Path("reports/metrics.json")
-TRAIN_RECORD = Path(".ser/train_run.json")
-"""Written by `ser train` (the MLflow run and registered model version): this run trained."""
-PARAMS = Path("params.yaml")
-HEADLINE_SCOPES = ("test", "test_speaker_normalised")
-"""The keys `ser evaluate` writes the test scores under (the second with per-speaker normalisation)."""
 COMMITTER = ("Airflow ser_pipeline", "ser_pipeline@airflow.invalid")
 """Who commits the experiments, should the worker have no git identity."""
 
@@ -168,46 +165,24 @@ def exp_push_command(checkout: Path, name: str) -> str:
 
 
 def min_test_uar(project: Path) -> float:
-    """The gate's threshold: the ``min_test_uar`` setting, else ``evaluate.min_test_uar`` in params.yaml."""
-    if value := setting("min_test_uar"):
-        return float(value)
-    params = yaml.safe_load((project / PARAMS).read_text())
+    """The gate's threshold: the ``min_test_uar`` setting, else the checkout's params
+    (``quality_gate.min_test_uar``)."""
+    override = setting("min_test_uar")
     try:
-        return float(params["evaluate"]["min_test_uar"])
-    except (KeyError, TypeError) as error:
-        raise AirflowFailException(
-            f"no threshold: set ser_min_test_uar or evaluate.min_test_uar in {project / PARAMS}"
-        ) from error
-
-
-def headline_uar(project: Path) -> tuple[str, float]:
-    """The headline scope of ``reports/metrics.json`` (``test`` or ``test_speaker_normalised``) and its UAR."""
-    path = project / METRICS
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise AirflowFailException(f"quality gate: cannot read {path}: {error}") from error
-    scopes = [scope for scope in HEADLINE_SCOPES if isinstance(metrics, dict) and scope in metrics]
-    if not scopes:
-        raise AirflowFailException(
-            f"quality gate: {path} has neither a {' nor a '.join(HEADLINE_SCOPES)} section"
-        )
-    try:
-        return scopes[0], float(metrics[scopes[0]]["uar"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise AirflowFailException(
-            f"quality gate: {path} has no number at {scopes[0]}.uar"
-        ) from error
+        params = load_params(project / DEFAULT_PARAMS)
+    except SerError as error:
+        raise AirflowFailException(f"quality gate: {error}") from error
+    return gate.threshold(params, float(override) if override else None)
 
 
 def check_test_uar(project: Path, threshold: float) -> float:
-    """The headline test UAR of ``reports/metrics.json``; raises when it is below ``threshold``."""
-    scope, uar = headline_uar(project)
-    if uar < threshold:
-        raise AirflowFailException(
-            f"quality gate: {scope} UAR {uar:.4f} is below the threshold {threshold:.4f} "
-            f"({project / METRICS}); the experiment is not pushed"
-        )
+    """The headline test UAR of ``reports/metrics.json``; fails the task when it is below
+    ``threshold`` (the quality gate of ``ser promote``, ``ser.serve.gate``)."""
+    source = str(project / paths.METRICS)
+    try:
+        scope, uar = gate.judge(gate.read_metrics(project / paths.METRICS), source, threshold)
+    except (gate.GateFailed, gate.NoTestMetrics) as error:
+        raise AirflowFailException(f"{error}; the experiment is not pushed") from error
     log.info("quality gate: %s UAR %.4f >= threshold %.4f", scope, uar, threshold)
     return uar
 
@@ -258,7 +233,7 @@ def quality_gate() -> float:
     """
     checkout = this_run()[1]
     threshold = min_test_uar(checkout)
-    if (checkout / TRAIN_RECORD).is_file():
+    if (checkout / paths.TRAIN_RUN_ID).is_file():
         promote(checkout, threshold)
     return check_test_uar(checkout, threshold)
 

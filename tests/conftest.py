@@ -35,6 +35,8 @@ RAVDESS_EMOTION_CODES = (
     "08",
 )  # one per label (calm = 02 folds into neutral)
 SAMPLE_RATE = 16_000
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+"""The first bytes of every PNG file."""
 
 
 def synth_clip(
@@ -277,8 +279,8 @@ def feature_table(
     frames (``logmel`` column, 12 to 40 of them) a per-label band profile plus noise.
     """
     from ser import EMOTIONS
-    from ser.dataset import FRAMES_COLUMN
-    from ser.features import feature_names
+    from ser.signal.features import feature_names
+    from ser.table.store import FRAMES_COLUMN
 
     names = feature_names(params.features)
     rng = np.random.default_rng(seed)
@@ -320,11 +322,11 @@ def feature_table(
 def write_feature_files(table: pd.DataFrame) -> None:
     """Write ``table`` where the pipeline keeps it: vectors as parquet, frames apart."""
     from ser import paths
-    from ser.artifacts import write_parquet
-    from ser.dataset import FRAMES_COLUMN, write_frames
+    from ser.ops.atomic import write_parquet
+    from ser.table.store import FRAMES_COLUMN, write_frames
 
     write_parquet(paths.FEATURES, table.drop(columns=FRAMES_COLUMN))
-    write_frames(paths.FRAMES, table[FRAMES_COLUMN].tolist())
+    write_frames(paths.FRAMES_FILE, table[FRAMES_COLUMN].tolist())
 
 
 def kind_params(kind: str, override: dict | None = None) -> Params:
@@ -335,9 +337,9 @@ def kind_params(kind: str, override: dict | None = None) -> Params:
 @pytest.fixture(scope="session")
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``models/`` of a tiny model of every kind, fitted for two epochs on a synthetic table."""
-    from ser.classifier import Classifier
-    from ser.dataset import select
     from ser.models import kind_named
+    from ser.models.bundle import Classifier
+    from ser.table.store import select
 
     table = feature_table(make_params())
     train_rows, val_rows = select(table, "train", with_augmented=True), select(table, "val")
@@ -383,6 +385,35 @@ def mlflow_workspace(
         mlflow.end_run()
 
 
+# What a stage reads of params.yaml, against what dvc.yaml declares for it.
+
+
+@contextlib.contextmanager
+def sections_read() -> Iterator[set[str]]:
+    """The params sections read (an attribute of any ``Params``) while inside.
+
+    Iterating or dumping a whole ``Params`` (as MLflow's logging does) reads nothing.
+    """
+    read: set[str] = set()
+    original = Params.__getattribute__
+
+    def recording(self: Params, name: str) -> object:
+        if name in Params.model_fields:
+            read.add(name)
+        return original(self, name)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Params, "__getattribute__", recording)
+        yield read
+
+
+def declared_sections(stage: str) -> set[str]:
+    """The params sections ``dvc.yaml`` declares for ``stage``, plus ``mlflow``: MLflow
+    settings change no output, so no stage declares them."""
+    declared = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"][stage]
+    return {*declared.get("params", []), "mlflow"}
+
+
 # Helpers for tests with servers on 127.0.0.1 and for checking that files were left alone.
 
 
@@ -397,7 +428,7 @@ def free_port() -> int:
 
 def tree_digest(root: Path) -> dict[str, str]:
     """SHA-256 of every file under ``root`` by relative path (empty folders as ``dir``)."""
-    from ser.manifest import sha256_of
+    from ser.corpus.manifest import sha256_of
 
     if not root.exists():
         return {}

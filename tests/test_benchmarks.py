@@ -22,7 +22,7 @@ from conftest import (
     write_ravdess_corpus,
 )
 
-from ser.features import feature_names
+from ser.signal.features import feature_names
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -204,10 +204,23 @@ def test_a_small_grid_runs_end_to_end_on_generated_clips(tmp_path):
     params_file.write_text(yaml.safe_dump(_merge(FAST_PARAMS, TINY)))
     out = tmp_path / "result"
     command = [
-        sys.executable, str(BENCHMARKS / "accuracy.py"), "--corpus", str(corpus),
-        "--params", str(params_file), "--folds", "3", "--sets", "seed", "egemaps",
-        "--kinds", "spectrogram_cnn", "logreg", "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        str(BENCHMARKS / "accuracy.py"),
+        "--corpus",
+        str(corpus),
+        "--params",
+        str(params_file),
+        "--folds",
+        "3",
+        "--sets",
+        "seed",
+        "egemaps",
+        "--kinds",
+        "spectrogram_cnn",
+        "logreg",
+        "--out",
+        str(out),
+    ]
     result = run(command, tmp_path, env=project_env(tmp_path))
     report = json.loads(out.with_suffix(".json").read_text())
     rows = {(r["features"], r["kind"]): r for r in report["rows"]}
@@ -225,14 +238,23 @@ def test_a_small_grid_runs_end_to_end_on_generated_clips(tmp_path):
     assert "| egemaps | logreg |" in table and table in result.stdout + "\n"
 
     # measuring one pair again keeps the other rows of the grid
-    again = [*command[:command.index("--sets")], "--sets", "seed", "--kinds", "logreg",
-             "--out", str(out)]  # fmt: skip
+    again = [
+        *command[: command.index("--sets")],
+        "--sets",
+        "seed",
+        "--kinds",
+        "logreg",
+        "--out",
+        str(out),
+    ]
     run(again, tmp_path, env=project_env(tmp_path))
     rerun = json.loads(out.with_suffix(".json").read_text())
     assert [(r["features"], r["kind"]) for r in rerun["rows"]] == [
-        ("seed", "spectrogram_cnn"), ("seed", "logreg"),
-        ("egemaps", "spectrogram_cnn"), ("egemaps", "logreg"),
-    ]  # fmt: skip
+        ("seed", "spectrogram_cnn"),
+        ("seed", "logreg"),
+        ("egemaps", "spectrogram_cnn"),
+        ("egemaps", "logreg"),
+    ]
     kept = {(r["features"], r["kind"]): r for r in rerun["rows"]}
     assert kept["egemaps", "spectrogram_cnn"] == rows["egemaps", "spectrogram_cnn"]
     assert kept["seed", "logreg"]["measured"] != rows["seed", "logreg"]["measured"]

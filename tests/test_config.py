@@ -137,20 +137,39 @@ def test_impossible_split_is_rejected():
 @pytest.mark.parametrize(
     ("raw", "section", "reason"),
     [
-        ({"frames": {"n_fft": 512, "win_length": 640}}, "frames",
-         "win_length (640) cannot exceed n_fft (512)"),
+        (
+            {"frames": {"n_fft": 512, "win_length": 640}},
+            "frames",
+            "win_length (640) cannot exceed n_fft (512)",
+        ),
         ({"frames": {"fmin": 300.0, "fmax": 300.0}}, "frames", "fmax (300.0) must be above fmin"),
-        ({"frames": {"fmin": 4000.0, "fmax": 2000.0}}, "frames", "fmax (2000.0) must be above fmin"),
-        ({"spectrogram_cnn": {"learning_rate": 0.01, "peak_learning_rate": 0.001}},
-         "spectrogram_cnn", "peak_learning_rate must be at least learning_rate"),
-        ({"tune": {"space": {"spectrogram_cnn": {"dropout": [0.5, 0.1]}}}},
-         "tune.space.spectrogram_cnn", "dropout must be [low, high]"),
-        ({"tune": {"space": {"spectrogram_cnn": {"learning_rate": [0.0, 0.01]}}}},
-         "tune.space.spectrogram_cnn", "learning_rate range must be positive"),
-        ({"tune": {"space": {"seed_cnn": {"dropout": [0.2, 1.0]}}}},
-         "tune.space.seed_cnn", "dropout range must lie in [0, 1)"),
+        (
+            {"frames": {"fmin": 4000.0, "fmax": 2000.0}},
+            "frames",
+            "fmax (2000.0) must be above fmin",
+        ),
+        (
+            {"spectrogram_cnn": {"learning_rate": 0.01, "peak_learning_rate": 0.001}},
+            "spectrogram_cnn",
+            "peak_learning_rate must be at least learning_rate",
+        ),
+        (
+            {"tune": {"space": {"spectrogram_cnn": {"dropout": [0.5, 0.1]}}}},
+            "tune.space.spectrogram_cnn",
+            "dropout must be [low, high]",
+        ),
+        (
+            {"tune": {"space": {"spectrogram_cnn": {"learning_rate": [0.0, 0.01]}}}},
+            "tune.space.spectrogram_cnn",
+            "learning_rate range must be positive",
+        ),
+        (
+            {"tune": {"space": {"seed_cnn": {"dropout": [0.2, 1.0]}}}},
+            "tune.space.seed_cnn",
+            "dropout range must lie in [0, 1)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_inconsistent_section_is_named_with_the_reason(raw, section, reason):
     with pytest.raises(ConfigError) as error:
         parse_params(raw)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from ser.metrics import confusion, per_class, summary, uar
+from ser.metrics import confusion, per_class, slice_metrics, summary, uar
 
 TRUE = ["sad", "sad", "sad", "sad", "angry", "angry", "happy", "happy"]
 PRED = ["sad", "sad", "sad", "angry", "angry", "sad", "happy", "fearful"]
@@ -59,3 +60,23 @@ def test_confusion_rows_are_truth_and_columns_predictions():
     ]
     np.testing.assert_array_equal(counts, expected)
     assert counts.sum() == len(TRUE)
+
+
+def test_slice_metrics_score_each_group_separately():
+    rows = pd.DataFrame(
+        {
+            "label": ["sad", "sad", "angry", "angry", "sad", "angry"],
+            "sex": ["male", "male", "male", "male", "female", "female"],
+            "intensity": ["normal", "strong", "normal", "strong", "normal", "normal"],
+        }
+    )
+    predicted = ["sad", "angry", "angry", "angry", "angry", "sad"]
+    result = slice_metrics(rows, predicted, ["sex", "intensity"])
+    assert set(result) == {"sex", "intensity"}
+    assert set(result["sex"]) == {"male", "female"}
+    male, female = result["sex"]["male"], result["sex"]["female"]
+    assert (male["clips"], male["accuracy"], male["uar"]) == (4, 0.75, 0.75)
+    assert (female["clips"], female["accuracy"], female["uar"]) == (2, 0.0, 0.0)
+    assert result["intensity"]["strong"]["clips"] == 2
+    assert result["intensity"]["strong"]["uar"] == pytest.approx(0.5)
+    assert sum(group["clips"] for group in result["intensity"].values()) == len(rows)

@@ -1,16 +1,19 @@
-"""params.yaml survives sweeps: two `dvc exp run -S` overrides in a row leave it valid.
+"""params.yaml survives sweeps: an `dvc exp run -S` override changes only its own key's lines,
+and two in a row leave the file valid.
 
 Every override makes DVC rewrite the whole file (dvc.utils.hydra.apply_overrides): each
-list becomes a block list, and a comment that was on the list's line stays on its key's
-line (`key:  # ...` above the items). A later override that empties that list
-(`-S 'key=[]'`) then writes corrupted YAML. So params.yaml keeps comments off list
-lines and out from between a list key and its items. These tests run DVC's own override
-code on a copy of params.yaml, for every list the file holds.
+list becomes a block list, a null an empty value, and a blank line below a list is dropped.
+params.yaml is kept in that form, so the rewrite changes nothing else. A comment that was
+on a list's line stays on its key's line (`key:  # ...` above the items), and a later
+override that empties that list (`-S 'key=[]'`) then writes corrupted YAML; so params.yaml
+keeps comments off list lines. These tests run DVC's own override code on a copy of
+params.yaml, for every list the file holds.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -114,6 +117,25 @@ def params_copy(tmp_path: Path) -> Path:
 def test_the_file_has_lists_and_numbers_to_sweep():
     assert LIST_KEYS
     assert SCALAR_KEYS
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    return [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+
+
+@pytest.mark.parametrize(("key", "value"), [("train.seed", 42), ("linear.C", 0.02)])
+def test_one_override_changes_only_its_own_line(params_copy, key, value):
+    before = params_copy.read_text()
+    apply_overrides(params_copy, [f"{key}={value}"])
+    changed = changed_lines(before, params_copy.read_text())
+    name = key.split(".")[-1]
+    unchanged = yaml.safe_load(before) == _with(yaml.safe_load(before), key, value)
+    assert len(changed) == (0 if unchanged else 2), changed
+    assert all(line[1:].lstrip().startswith(f"{name}:") for line in changed)
 
 
 @pytest.mark.parametrize("key", LIST_KEYS)

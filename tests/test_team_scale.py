@@ -32,8 +32,9 @@ from psycopg import sql
 from test_remote import BUCKET, Emulator
 from test_tune import runs_in, tiny_params, write_tiny_features
 
-from ser import paths, tune
+from ser import paths
 from ser.config import parse_params
+from ser.stages import tune
 
 DATABASE_USER = "ser"
 SERVER_OWNER = "postgres"  # PostgreSQL refuses to run as root: root runs it as this user
@@ -92,13 +93,26 @@ def postgres() -> Iterator[Postgres]:
         if prefix:
             shutil.chown(folder, SERVER_OWNER)
         data, log = folder / "data", folder / "server.log"
-        run([*prefix, postgres_program("initdb"), "-D", str(data), "-U", DATABASE_USER,
-             "--auth=trust", "--encoding=UTF8", "--no-sync"], folder)  # fmt: skip
+        run(
+            [
+                *prefix,
+                postgres_program("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                DATABASE_USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            folder,
+        )
         pg_ctl = [*prefix, postgres_program("pg_ctl"), "-D", str(data)]
         port = free_port()
         options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off"
-        started = run([*pg_ctl, "-l", str(log), "-o", options, "-w", "-t", "60", "start"], folder,
-                      check=False)  # fmt: skip
+        started = run(
+            [*pg_ctl, "-l", str(log), "-o", options, "-w", "-t", "60", "start"], folder, check=False
+        )
         if started.returncode != 0:
             raise AssertionError(f"PostgreSQL did not start:\n{started.stdout}\n{log.read_text()}")
         try:
@@ -150,16 +164,29 @@ def tracking_server(
     database = postgres.create_database("mlflow")
     url = f"http://127.0.0.1:{free_port()}"
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
-    command = ["make", "--no-print-directory", "-o", "install", "mlflow-server",
-               f"MLFLOW_BACKEND_STORE_URI={database}", f"MLFLOW_ARTIFACTS_DESTINATION={ARTIFACTS}",
-               f"MLFLOW_PORT={url.rsplit(':', 1)[1]}", "MLFLOW_SERVER_ARGS=--workers 1"]  # fmt: skip
+    command = [
+        "make",
+        "--no-print-directory",
+        "-o",
+        "install",
+        "mlflow-server",
+        f"MLFLOW_BACKEND_STORE_URI={database}",
+        f"MLFLOW_ARTIFACTS_DESTINATION={ARTIFACTS}",
+        f"MLFLOW_PORT={url.rsplit(':', 1)[1]}",
+        "MLFLOW_SERVER_ARGS=--workers 1",
+    ]
     # only the server talks to the bucket: clients send artifacts through it
     env = project_env(PROJECT_ROOT) | {"STORAGE_EMULATOR_HOST": gcs.url}
     with log.open("w") as sink:
         process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            command,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_until_healthy(url, process, log, seconds=120)
         yield TrackingServer(url, database, gcs)
@@ -282,9 +309,10 @@ def test_two_workers_in_separate_workspaces_fill_one_postgresql_study(
         # the stage, as `dvc repro` runs it, and a worker elsewhere; libpq names their sessions
         started = [
             pool.submit(run, tune_command, here, env | {"PGAPPNAME": "stage"}),
-            pool.submit(run, [*tune_command, "--worker", "1"], elsewhere,
-                        env | {"PGAPPNAME": "worker"}),
-        ]  # fmt: skip
+            pool.submit(
+                run, [*tune_command, "--worker", "1"], elsewhere, env | {"PGAPPNAME": "worker"}
+            ),
+        ]
         deadline = time.monotonic() + 300
         while (held := waiting()) != {"stage", "worker"}:
             ended = [f for f in started if f.done()]

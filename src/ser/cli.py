@@ -1,36 +1,44 @@
-"""The ``ser`` command: one subcommand per pipeline stage, plus ``data``, ``predict``,
-``promote`` and ``remote``."""
+"""The ``ser`` command: one subcommand per pipeline stage, and the commands around them."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ser import paths
-from ser.config import DEFAULT_PARAMS, ConfigError, load_params
+from ser.config import DEFAULT_PARAMS, load_params
+from ser.errors import SerError
 
 log = logging.getLogger("ser")
 
 STAGES = ("preprocess", "tune", "train", "evaluate")
+QUIET_LOGGERS = ("mlflow", "alembic", "absl", "h5py", "numba", "matplotlib")
 
 
-def _stage(name: str, params_path: Path) -> None:
-    params = load_params(params_path)  # validated before any work starts
-    if name == "preprocess":
-        from ser import preprocess as stage
-    elif name == "train":
-        from ser import train as stage
-    else:
-        from ser import evaluate as stage
-    stage.run(params)
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help line, what it runs (returning an exit status, None for 0)
+    and the arguments it adds to its parser. Heavy modules are imported by ``run``."""
+
+    help: str
+    run: Callable[[argparse.Namespace], int | None]
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
 
 
-def _tune(args: argparse.Namespace) -> None:
-    params = load_params(args.params)  # validated before the heavy imports
-    from ser import tune
+def run_stage(args: argparse.Namespace) -> None:
+    params = load_params(args.params)  # validated before the stage's heavy imports
+    importlib.import_module(f"ser.stages.{args.command}").run(params)
+
+
+def run_tune(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    from ser.stages import tune
 
     if args.worker is None:
         tune.run(params, args.params)
@@ -38,96 +46,123 @@ def _tune(args: argparse.Namespace) -> None:
         tune.run_worker(params, args.worker, args.parent_run_id)
 
 
-def _data(args: argparse.Namespace) -> None:
-    from ser.data import default_source, fetch_corpus
+def tune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--worker",
+        type=int,
+        metavar="N",
+        help="only run trials as extra worker N of the shared study (writes no outputs)",
+    )
+    parser.add_argument("--parent-run-id", help="MLflow run to nest trials under")
 
-    params = load_params(args.params)
+
+def check_params(args: argparse.Namespace) -> None:
+    load_params(args.params)
+    log.info("%s: valid", args.params)
+
+
+def fetch_data(args: argparse.Namespace) -> None:
+    from ser.corpus.fetch import default_source, fetch_corpus
+
     source = args.source or default_source()
-    fetch_corpus(source, params.data.raw_dir, args.name, args.sha256)
+    fetch_corpus(source, load_params(args.params).data.raw_dir, args.name, args.sha256)
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from ser.predict import write_predictions
-
-    failures = write_predictions(args.inputs, args.model, args.json)
-    return 1 if failures else 0
-
-
-def _promote(args: argparse.Namespace) -> int:
-    from ser.registry import GateFailed, promote
-
-    try:
-        promote(load_params(args.params), args.version, args.min_uar)
-    except GateFailed as failed:
-        log.error("%s", failed)
-        return 1
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ser", description=__doc__)
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    data = commands.add_parser("data", help="bring a corpus into data/raw")
-    data.add_argument(
+def data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--source",
         help="corpus folder or zip URL (default: $SER_CORPUS_SOURCE, else the shared "
         "RAVDESS copy when present, else the official RAVDESS speech archive)",
     )
-    data.add_argument("--name", default="ravdess", help="folder under data/raw (default: ravdess)")
-    data.add_argument("--sha256", help="expected SHA-256 of a downloaded archive")
-
-    for stage in STAGES:
-        stage_parser = commands.add_parser(stage, help=f"run the {stage} stage (as dvc.yaml does)")
-        if stage == "tune":
-            stage_parser.add_argument(
-                "--worker",
-                type=int,
-                metavar="N",
-                help="only run trials as extra worker N of the shared study (writes no outputs)",
-            )
-            stage_parser.add_argument("--parent-run-id", help="MLflow run to nest trials under")
-
-    commands.add_parser(
-        "check-params", help="validate the params file (the check_params stage of dvc.yaml)"
+    parser.add_argument(
+        "--name", default="ravdess", help="folder under data/raw (default: ravdess)"
     )
+    parser.add_argument("--sha256", help="expected SHA-256 of a downloaded archive")
 
-    predict = commands.add_parser("predict", help="label audio files or folders")
-    predict.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
-    predict.add_argument(
+
+def predict(args: argparse.Namespace) -> int:
+    from ser.serve.predict import write_predictions
+
+    return 1 if write_predictions(args.inputs, args.model, args.json) else 0
+
+
+def predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    parser.add_argument(
         "--model",
         "--model-dir",
         default=str(paths.MODELS_DIR),
         help="a model folder, or an MLflow model URI such as models:/ser-emotion@champion "
         "(default: %(default)s)",
     )
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
 
-    promote = commands.add_parser(
-        "promote",
-        help="quality gate: move alias champion to a registered version whose test UAR passes "
-        "(exit 1 when it does not)",
-    )
-    promote.add_argument(
+
+def promote(args: argparse.Namespace) -> int:
+    from ser.serve.gate import GateFailed
+    from ser.serve.registry import promote as promote_version
+
+    try:
+        promote_version(load_params(args.params), args.version, args.min_uar)
+    except GateFailed as failed:
+        log.error("%s", failed)
+        return 1
+    return 0
+
+
+def promote_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--version", help="version to judge (default: the one this workspace's train registered)"
     )
-    promote.add_argument(
-        "--min-uar", type=float, help="threshold (default: evaluate.min_test_uar in the params)"
+    parser.add_argument(
+        "--min-uar", type=float, help="threshold (default: quality_gate.min_test_uar)"
     )
-    predict.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
 
-    remote = commands.add_parser(
-        "remote", help="dvc push / pull / status -c, bounded in time (see docs/gcs.md)"
-    )
-    remote.add_argument("action", choices=["push", "pull", "status"])
-    remote.add_argument("targets", nargs="*", help="DVC files or outputs (default: all)")
-    remote.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
-    remote.add_argument(
+
+def remote(args: argparse.Namespace) -> None:
+    from ser.ops import remote as dvc_remote
+
+    dvc_remote.run(args.action, args.remote, args.timeout, args.targets)
+
+
+def remote_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["push", "pull", "status"])
+    parser.add_argument("targets", nargs="*", help="DVC files or outputs (default: all)")
+    parser.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
+    parser.add_argument(
         "--timeout",
         type=float,
         help="seconds before giving up (default: $SER_REMOTE_TIMEOUT or 600)",
     )
+
+
+COMMANDS: dict[str, Command] = {
+    "data": Command("bring a corpus into data/raw", fetch_data, data_arguments),
+    "check-params": Command("validate the params file", check_params),
+    "preprocess": Command("run the preprocess stage (as dvc.yaml does)", run_stage),
+    "tune": Command("run the tune stage (as dvc.yaml does)", run_tune, tune_arguments),
+    "train": Command("run the train stage (as dvc.yaml does)", run_stage),
+    "evaluate": Command("run the evaluate stage (as dvc.yaml does)", run_stage),
+    "predict": Command("label audio files or folders", predict, predict_arguments),
+    "promote": Command(
+        "quality gate: move alias champion to a registered version whose test UAR passes "
+        "(exit 1 when it does not)",
+        promote,
+        promote_arguments,
+    ),
+    "remote": Command(
+        "dvc push / pull / status -c, bounded in time (see docs/gcs.md)", remote, remote_arguments
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ser", description=__doc__)
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        command.arguments(subparsers.add_parser(name, help=command.help))
     return parser
 
 
@@ -139,42 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("mlflow", "alembic", "absl", "h5py", "numba", "matplotlib"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from ser import remote
-    from ser.data import DataError
-    from ser.split import SplitError
-
-    expected = [ConfigError, DataError, SplitError, FileNotFoundError, remote.RemoteError]
-    if args.command in ("train", "evaluate", "predict"):  # they load TensorFlow anyway
-        from ser.models.base import ModelError
-
-        expected.append(ModelError)
-    if args.command == "promote":
-        from ser.registry import RegistryError
-
-        expected.append(RegistryError)
-
     try:
-        if args.command == "data":
-            _data(args)
-        elif args.command == "predict":
-            return _predict(args)
-        elif args.command == "promote":
-            return _promote(args)
-        elif args.command == "check-params":
-            load_params(args.params)
-            log.info("%s: valid", args.params)
-        elif args.command == "remote":
-            remote.run(args.action, args.remote, args.timeout, args.targets)
-        elif args.command == "tune":
-            _tune(args)
-        else:
-            _stage(args.command, args.params)
-    except tuple(expected) as error:
+        return COMMANDS[args.command].run(args) or 0
+    except (SerError, FileNotFoundError) as error:
         log.error("%s", error)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

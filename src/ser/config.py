@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ser.errors import SerError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 CorpusName = Literal["ravdess", "crema_d", "tess", "savee"]
@@ -16,7 +18,7 @@ Stat = Literal["mean", "std", "min", "max", "median", "skew", "kurtosis"]
 FeatureSet = Literal["seed", "egemaps", "compare"]
 
 
-class ConfigError(ValueError):
+class ConfigError(SerError, ValueError):
     """params.yaml is missing, unreadable or invalid; the message names the key."""
 
 
@@ -272,6 +274,11 @@ class EvaluateParams(_Section):
     slices: list[Literal["corpus", "sex", "intensity"]] = Field(
         default_factory=lambda: ["corpus", "sex", "intensity"]
     )
+
+
+class QualityGateParams(_Section):
+    """What a model must reach on the test speakers to be promoted (``ser.serve.gate``)."""
+
     min_test_uar: float = Field(0.30, ge=0, le=1)
 
 
@@ -296,6 +303,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     tune: TuneParams = TuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+    quality_gate: QualityGateParams = QualityGateParams()
     mlflow: MlflowParams = MlflowParams()
 
     @model_validator(mode="after")

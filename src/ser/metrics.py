@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -41,12 +42,27 @@ def per_class(
     )
     return {
         label: {
-            "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n),
+            "precision": float(p),
+            "recall": float(r),
+            "f1": float(f),
+            "support": int(n),
         }
         for label, p, r, f, n in zip(labels, precision, recall, f1, support, strict=True)
-    }  # fmt: skip
+    }
 
 
 def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:
     """Counts with true labels as rows and predictions as columns."""
     return confusion_matrix(y_true, y_pred, labels=list(labels))
+
+
+def slice_metrics(rows: pd.DataFrame, predicted: list[str], columns: list[str]) -> dict:
+    """The summary metrics within each value of each slice column (e.g. sex=female)."""
+    frame = rows.assign(predicted=predicted)
+    return {
+        column: {
+            str(value): summary(group["label"].tolist(), group["predicted"].tolist())
+            for value, group in frame.groupby(column)
+        }
+        for column in columns
+    }

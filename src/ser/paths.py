@@ -5,7 +5,7 @@ from pathlib import Path
 
 MANIFEST = Path("data/processed/manifest.parquet")
 FEATURES = Path("data/processed/features.parquet")
-FRAMES = Path("data/processed/frames.npz")
+FRAMES_FILE = Path("data/processed/frames.npz")
 PREPROCESS_REPORT = Path("reports/preprocess.json")
 
 TUNING_DIR = Path("tuning")

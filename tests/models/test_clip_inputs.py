@@ -10,7 +10,6 @@ from sklearn.preprocessing import StandardScaler
 
 from ser import EMOTIONS
 from ser.config import PreprocessingParams
-from ser.dataset import FRAMES_COLUMN, META_COLUMNS, matrix, select
 from ser.models.base import ModelError, label_encoder
 from ser.models.clip_inputs import (
     PREPROCESSING_FILE,
@@ -18,6 +17,7 @@ from ser.models.clip_inputs import (
     fit_clip_inputs,
     fit_preprocessing,
 )
+from ser.table.store import FRAMES_COLUMN, META_COLUMNS, matrix, select
 
 
 def informative_values(rows: int = 140, columns: int = 30) -> tuple[np.ndarray, np.ndarray]:

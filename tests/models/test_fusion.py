@@ -10,11 +10,11 @@ import pytest
 from conftest import feature_table, kind_params
 
 from ser import EMOTIONS
-from ser.dataset import FRAMES_COLUMN, select
 from ser.metrics import uar
 from ser.models import fusion
 from ser.models.base import Fitted, Kind, Model, label_indices
 from ser.models.fusion import WEIGHT_FILE, Fusion, combine
+from ser.table.store import FRAMES_COLUMN, select
 
 
 class Oracle(Model):

@@ -10,11 +10,11 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 
 from ser import EMOTIONS
-from ser.dataset import select
 from ser.metrics import uar
 from ser.models import linear
 from ser.models.base import label_indices
 from ser.models.linear import ESTIMATOR_FILE, LINEAR_SVM, LOGREG, Linear, make_estimator
+from ser.table.store import select
 
 KINDS = {"logreg": LOGREG, "linear_svm": LINEAR_SVM}
 CURVE_COLUMNS = {"epoch", "loss", "accuracy", "uar", "val_loss", "val_accuracy", "val_uar", "C"}

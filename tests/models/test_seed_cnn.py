@@ -12,11 +12,11 @@ from sklearn.feature_selection import SelectKBest, f_classif
 
 from ser import EMOTIONS
 from ser.config import SeedCnnParams
-from ser.dataset import feature_columns, matrix, select
 from ser.metrics import uar
 from ser.models import seed_cnn
 from ser.models.base import class_weights, label_indices
 from ser.models.seed_cnn import NETWORK_FILE, SeedCnn, build_seed_cnn, training_data
+from ser.table.store import feature_columns, matrix, select
 
 DESIGN = SeedCnnParams(
     filters=(64, 128, 256),

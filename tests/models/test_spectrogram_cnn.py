@@ -17,7 +17,6 @@ from conftest import PROJECT_ROOT, feature_table, kind_params, make_params, proj
 
 from ser import EMOTIONS, ORIGINAL
 from ser.config import SpectrogramCnnParams
-from ser.dataset import FRAMES_COLUMN, select
 from ser.models import spectrogram_cnn
 from ser.models.base import Fitted
 from ser.models.spectrogram_cnn import (
@@ -30,6 +29,7 @@ from ser.models.spectrogram_cnn import (
     pad,
     spec_augment,
 )
+from ser.table.store import FRAMES_COLUMN, select
 
 N_MELS = 6
 NO_AUGMENTATION = {"freq_masks": 0, "time_masks": 0, "mixup_alpha": 0.0}
@@ -343,7 +343,7 @@ DETERMINISM_SCRIPT = """
 import json, sys
 import numpy as np
 from conftest import feature_table, kind_params
-from ser.dataset import select
+from ser.table.store import select
 from ser.models import kind_named
 
 params = kind_params("spectrogram_cnn", {"spectrogram_cnn": {"epochs": 2}})

@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from pydantic import BaseModel
 from sklearn.preprocessing import OneHotEncoder
 from sklearn.utils.class_weight import compute_class_weight
 
 from ser import EMOTIONS
 from ser.config import Params
-from ser.metrics import uar
+from ser.errors import SerError
 
-log = logging.getLogger(__name__)
-
-CLIP, FRAMES = "clip", "frames"
+CLIP_INPUT, FRAMES_INPUT = "clip", "frames"
 """What a kind reads of each row: the clip-feature vector, the log-mel frames, or both."""
 
 
-class ModelError(ValueError):
+class ModelError(SerError, ValueError):
     """A saved model, or the hyperparameters chosen for one, cannot be loaded as it is;
     the message names the file."""
 
@@ -57,7 +52,8 @@ class Fitted:
     parts: dict[str, Fitted] = field(default_factory=dict)  # a combination's fitted members
 
 
-Callbacks = Sequence[keras.callbacks.Callback]
+Callbacks = Sequence[object]
+"""Keras callbacks given to a network's ``fit`` (the tuner's pruning); other kinds ignore them."""
 
 
 @dataclass(frozen=True)
@@ -107,45 +103,6 @@ def row_weights(labels: np.ndarray, balanced: bool) -> np.ndarray:
         return np.ones(len(labels), np.float32)
     weights = class_weights(labels)
     return np.array([weights[c] for c in labels], np.float32)
-
-
-def make_deterministic(seed: int) -> None:
-    """Same seed and data give the same weights on CPU."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-
-
-class ValidationUAR(keras.callbacks.Callback):
-    """Adds ``val_uar`` to each epoch's logs so callbacks after it can monitor it."""
-
-    def __init__(self, predict: Callable[[], np.ndarray], labels: np.ndarray) -> None:
-        super().__init__()
-        self.predict, self.labels = predict, labels
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["val_uar"] = uar(self.labels, np.asarray(self.predict()).argmax(axis=1))
-
-
-class EpochLog(keras.callbacks.Callback):
-    """Records each epoch's metrics and the learning rate it trained with; logs progress."""
-
-    def __init__(self, title: str, epochs: int) -> None:
-        super().__init__()
-        self.title, self.epochs = title, epochs
-        self.rows: list[dict[str, float]] = []
-        self.rate = float("nan")
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        # read here: ReduceLROnPlateau lowers the rate at the end of an epoch, before us
-        self.rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-        row["learning_rate"] = self.rate
-        self.rows.append(row)
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
-        log.info("%s epoch %d/%d: %s", self.title, epoch + 1, self.epochs, shown)
 
 
 def best_epochs(curve: list[dict[str, float]], monitor: str) -> int:

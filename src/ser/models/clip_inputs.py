@@ -16,10 +16,10 @@ from sklearn.feature_selection import SelectKBest, f_classif
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from ser.artifacts import write_with
 from ser.config import PreprocessingParams
-from ser.dataset import feature_columns, matrix
 from ser.models.base import ModelError, label_encoder, label_indices
+from ser.ops.atomic import write_with
+from ser.table.store import feature_columns, matrix
 
 PREPROCESSING_FILE = "preprocessing.joblib"
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ser.artifacts import write_json
 from ser.config import Params
 from ser.metrics import uar
 from ser.models import linear, spectrogram_cnn
-from ser.models.base import CLIP, FRAMES, Callbacks, Fitted, Kind, Model, label_indices
+from ser.models.base import CLIP_INPUT, FRAMES_INPUT, Callbacks, Fitted, Kind, Model, label_indices
+from ser.ops.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,16 @@ def fit(
         for w in sorted(params.fusion.weights, reverse=True)
     }
     weight = max(scored, key=scored.get)
-    log.info("fusion weights on validation UAR: %s; chosen %.2f",
-             ", ".join(f"{w:.2f}: {v:.3f}" for w, v in scored.items()), weight)  # fmt: skip
+    log.info(
+        "fusion weights on validation UAR: %s; chosen %.2f",
+        ", ".join(f"{w:.2f}: {v:.3f}" for w, v in scored.items()),
+        weight,
+    )
     how = {"weight": weight, **parts["spectrogram_cnn"].how, **parts["logreg"].how}
     chosen = parts["logreg"].params  # with the C validation chose
-    return Fitted(Fusion(network, linear_model, weight), chosen, parts["spectrogram_cnn"].curve,
-                  how, parts)  # fmt: skip
+    return Fitted(
+        Fusion(network, linear_model, weight), chosen, parts["spectrogram_cnn"].curve, how, parts
+    )
 
 
 def refit(rows: pd.DataFrame, fitted: Fitted) -> Fusion:
@@ -92,8 +96,10 @@ def refit(rows: pd.DataFrame, fitted: Fitted) -> Fusion:
 KIND = Kind(
     name="fusion",
     section="fusion",
-    inputs=frozenset({CLIP, FRAMES}),
+    inputs=frozenset({CLIP_INPUT, FRAMES_INPUT}),
     fit=fit,
     refit=refit,
     load=Fusion.load,
 )
+
+KINDS = (KIND,)

@@ -21,11 +21,11 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from ser import EMOTIONS
-from ser.artifacts import write_with
 from ser.config import Params
 from ser.metrics import uar
-from ser.models.base import CLIP, Callbacks, Fitted, Kind, Model, label_indices
+from ser.models.base import CLIP_INPUT, Callbacks, Fitted, Kind, Model, label_indices
 from ser.models.clip_inputs import ClipInputs, fit_clip_inputs
+from ser.ops.atomic import write_with
 
 ESTIMATOR_FILE = "model.joblib"
 LOGREG_MAX_ITER = 3000
@@ -146,10 +146,11 @@ LOGREG, LINEAR_SVM = (
     Kind(
         name=name,
         section="linear",
-        inputs=frozenset({CLIP}),
+        inputs=frozenset({CLIP_INPUT}),
         fit=fitter(name),
         refit=refitter(name),
         load=Linear.load,
     )
     for name in ("logreg", "linear_svm")
 )
+KINDS = (LOGREG, LINEAR_SVM)

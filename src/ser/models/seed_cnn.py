@@ -16,25 +16,23 @@ import tensorflow as tf
 from keras import layers
 
 from ser import EMOTIONS
-from ser.artifacts import write_with
 from ser.config import Params, SeedCnnParams, SeedCnnSpace
 from ser.models.base import (
-    CLIP,
+    CLIP_INPUT,
     Callbacks,
-    EpochLog,
     Fitted,
     Kind,
     Model,
-    ValidationUAR,
     best_epochs,
     class_weights,
     label_indices,
-    make_deterministic,
     one_hot,
     row_weights,
 )
 from ser.models.clip_inputs import ClipInputs, fit_clip_inputs
-from ser.reproducible import save_keras
+from ser.models.keras_io import save_keras
+from ser.models.network import EpochLog, ValidationUAR, make_deterministic
+from ser.ops.atomic import write_with
 
 NETWORK_FILE = "model.keras"
 
@@ -121,8 +119,13 @@ def training_data(
     t = params.train
     weights = class_weights(y.argmax(axis=1)) if t.class_weights else None
     if t.mixup_alpha == 0:
-        return {"x": x, "y": y, "batch_size": hp.batch_size, "class_weight": weights,
-                "shuffle": True}  # fmt: skip
+        return {
+            "x": x,
+            "y": y,
+            "batch_size": hp.batch_size,
+            "class_weight": weights,
+            "shuffle": True,
+        }
     per_row = row_weights(y.argmax(axis=1), t.class_weights)
 
     def mix(inputs: tf.Tensor, targets: tf.Tensor, weights_per_row: tf.Tensor) -> tuple:
@@ -173,17 +176,21 @@ def fit(
         callbacks=[
             ValidationUAR(lambda: model.network(x_val, training=False), label_indices(val_rows)),
             keras.callbacks.ReduceLROnPlateau(
-                monitor=t.monitor, mode=mode, factor=t.reduce_lr_factor,
+                monitor=t.monitor,
+                mode=mode,
+                factor=t.reduce_lr_factor,
                 patience=t.reduce_lr_patience,
             ),
             keras.callbacks.EarlyStopping(
-                monitor=t.monitor, mode=mode, patience=t.early_stopping_patience,
+                monitor=t.monitor,
+                mode=mode,
+                patience=t.early_stopping_patience,
                 restore_best_weights=True,
             ),
             progress,
             *callbacks,
         ],
-    )  # fmt: skip
+    )
     best = best_epochs(progress.rows, t.monitor)
     return Fitted(
         model, params, progress.rows, {"epochs_run": len(progress.rows), "best_epoch": best}
@@ -237,9 +244,11 @@ def suggest(trial, space: SeedCnnSpace, hp: SeedCnnParams) -> SeedCnnParams:
 KIND = Kind(
     name="seed_cnn",
     section="seed_cnn",
-    inputs=frozenset({CLIP}),
+    inputs=frozenset({CLIP_INPUT}),
     fit=fit,
     refit=refit,
     load=SeedCnn.load,
     suggest=suggest,
 )
+
+KINDS = (KIND,)

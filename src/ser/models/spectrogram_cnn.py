@@ -22,23 +22,21 @@ import tensorflow as tf
 from keras import layers, ops
 
 from ser import EMOTIONS, ORIGINAL
-from ser.artifacts import write_with
 from ser.config import Params, SpectrogramCnnParams, SpectrogramCnnSpace
-from ser.dataset import FRAMES_COLUMN
 from ser.models.base import (
-    FRAMES,
+    FRAMES_INPUT,
     Callbacks,
-    EpochLog,
     Fitted,
     Kind,
     Model,
-    ValidationUAR,
     label_indices,
-    make_deterministic,
     one_hot,
     row_weights,
 )
-from ser.reproducible import save_keras
+from ser.models.keras_io import save_keras
+from ser.models.network import EpochLog, ValidationUAR, make_deterministic
+from ser.ops.atomic import write_with
+from ser.table.store import FRAMES_COLUMN
 
 NETWORK_FILE = "spectrogram_cnn.keras"
 BUCKET_BATCHES = 8
@@ -144,9 +142,12 @@ def pad(frames: list[np.ndarray], fill: np.ndarray, multiple: int) -> tuple[np.n
 
 
 def spec_augment(
-    batch: np.ndarray, lengths: np.ndarray, hp: SpectrogramCnnParams, fill: np.ndarray,
+    batch: np.ndarray,
+    lengths: np.ndarray,
+    hp: SpectrogramCnnParams,
+    fill: np.ndarray,
     rng: np.random.Generator,
-) -> None:  # fmt: skip
+) -> None:
     """SpecAugment in place: band and time masks (filled with the band means) per clip."""
     n_mels = batch.shape[2]
     for row, length in enumerate(lengths):
@@ -168,9 +169,15 @@ class TrainingBatches:
     """
 
     def __init__(
-        self, frames: list[np.ndarray], targets: np.ndarray, weights: np.ndarray,
-        hp: SpectrogramCnnParams, fill: np.ndarray, seed: int, multiple: int,
-    ) -> None:  # fmt: skip
+        self,
+        frames: list[np.ndarray],
+        targets: np.ndarray,
+        weights: np.ndarray,
+        hp: SpectrogramCnnParams,
+        fill: np.ndarray,
+        seed: int,
+        multiple: int,
+    ) -> None:
         self.frames, self.targets, self.weights = frames, targets, weights
         self.hp, self.fill, self.seed, self.multiple = hp, fill, seed, multiple
         self.lengths = np.array([len(f) for f in frames])
@@ -266,10 +273,14 @@ class SpectrogramCnn(Model):
     def training_batches(self, rows: pd.DataFrame, params: Params) -> TrainingBatches:
         labels = label_indices(rows)
         return TrainingBatches(
-            rows[FRAMES_COLUMN].tolist(), one_hot(rows),
-            row_weights(labels, params.train.class_weights), params.spectrogram_cnn,
-            self.fill, params.train.seed, self.multiple,
-        )  # fmt: skip
+            rows[FRAMES_COLUMN].tolist(),
+            one_hot(rows),
+            row_weights(labels, params.train.class_weights),
+            params.spectrogram_cnn,
+            self.fill,
+            params.train.seed,
+            self.multiple,
+        )
 
     def save(self, directory: Path) -> list[Path]:
         path = directory / NETWORK_FILE
@@ -300,9 +311,12 @@ def train(rows: pd.DataFrame, params: Params, title: str, callbacks: Callbacks) 
     steps = hp.epochs * len(batches)
     warmup = int(hp.warmup_fraction * steps)
     schedule = keras.optimizers.schedules.CosineDecay(
-        hp.learning_rate, decay_steps=steps - warmup, alpha=0.0,
-        warmup_target=hp.peak_learning_rate, warmup_steps=warmup,
-    )  # fmt: skip
+        hp.learning_rate,
+        decay_steps=steps - warmup,
+        alpha=0.0,
+        warmup_target=hp.peak_learning_rate,
+        warmup_steps=warmup,
+    )
     model.network.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=hp.weight_decay),
         loss="categorical_crossentropy",
@@ -364,9 +378,11 @@ def suggest(trial, space: SpectrogramCnnSpace, hp: SpectrogramCnnParams) -> Spec
 KIND = Kind(
     name="spectrogram_cnn",
     section="spectrogram_cnn",
-    inputs=frozenset({FRAMES}),
+    inputs=frozenset({FRAMES_INPUT}),
     fit=fit,
     refit=refit,
     load=SpectrogramCnn.load,
     suggest=suggest,
 )
+
+KINDS = (KIND,)

@@ -1,0 +1,183 @@
+"""The MLflow Model of a trained classifier: audio bytes in, ``ser predict``'s answer out."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SAMPLE_RATE, audio_bytes, noise, tone, write_audio
+
+from ser import EMOTIONS
+from ser.cli import main
+from ser.models.bundle import Classifier
+from ser.serve.mlflow_model import (
+    AUDIO_COLUMN,
+    LABEL_COLUMN,
+    RequestError,
+    classifier_dir,
+    example_clip,
+    log_model,
+    predict_table,
+)
+from ser.serve.predict import predict_files
+
+NAME = "ser-test"
+LOGGED_KINDS = ("spectrogram_cnn", "logreg")  # one per input: frames, clip features
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """A tracking store of its own, named by MLFLOW_TRACKING_URI as users name a server."""
+    folder = tmp_path_factory.mktemp("serving")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.create_experiment("serving", artifact_location=(folder / "artifacts").as_uri())
+        mlflow.set_experiment("serving")
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def logged(store, trained_models) -> dict[str, mlflow.models.model.ModelInfo]:
+    """Each kind's tiny model logged and registered as a version of NAME, in a run of its own."""
+    infos = {}
+    for kind in LOGGED_KINDS:
+        with mlflow.start_run():
+            infos[kind] = log_model(trained_models[kind], registered_model=NAME)
+    return infos
+
+
+@pytest.fixture(scope="module")
+def clip_files(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    return [
+        write_audio(folder / "a.wav", tone(0.8, 200)),
+        write_audio(folder / "b.flac", noise(0.9, 0.1)),
+        write_audio(
+            folder / "c.wav", np.stack([tone(0.8, 300, sample_rate=44_100)] * 2, 1), 44_100
+        ),
+    ]
+
+
+def audio_table(files: list[Path]) -> pd.DataFrame:
+    return pd.DataFrame({AUDIO_COLUMN: [path.read_bytes() for path in files]})
+
+
+@pytest.mark.parametrize("kind", LOGGED_KINDS)
+def test_the_loaded_mlflow_model_answers_exactly_as_ser_predict(
+    logged, trained_models, kind, clip_files
+):
+    expected = list(predict_files(clip_files, Classifier.load(trained_models[kind])))
+    answer = mlflow.pyfunc.load_model(logged[kind].model_uri).predict(audio_table(clip_files))
+    assert list(answer.columns) == [LABEL_COLUMN, *EMOTIONS]
+    assert answer[LABEL_COLUMN].tolist() == [label for _, label, _ in expected]
+    np.testing.assert_allclose(
+        answer[list(EMOTIONS)].to_numpy(), np.vstack([p for *_, p in expected]), atol=1e-6
+    )
+
+
+def test_the_model_carries_a_signature_and_a_request_example(logged):
+    info = logged["spectrogram_cnn"]
+    assert info.signature.inputs.to_dict() == [
+        {"type": "binary", "name": AUDIO_COLUMN, "required": True}
+    ]
+    assert [c["name"] for c in info.signature.outputs.to_dict()] == [LABEL_COLUMN, *EMOTIONS]
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri))
+    request = json.loads((local / "serving_input_example.json").read_text())
+    assert list(request) == ["dataframe_split"]
+    assert request["dataframe_split"]["columns"] == [AUDIO_COLUMN]
+    assert (local / "artifacts" / "classifier" / "classifier.json").is_file()
+    assert (
+        local / "code" / "ser" / "serve" / "mlflow_model.py"
+    ).is_file()  # the code travels with it
+    assert "tensorflow-cpu==" in (local / "requirements.txt").read_text()
+
+
+def test_each_training_registers_a_new_version(logged):
+    versions = {info.registered_model_version for info in logged.values()}
+    assert versions == {1, 2}
+
+
+def test_ser_predict_takes_a_registered_model(logged, trained_models, clip_files, capsys):
+    version = logged["logreg"].registered_model_version
+    assert main(["predict", *map(str, clip_files), "--model", f"models:/{NAME}/{version}"]) == 0
+    from_registry = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert main(["predict", *map(str, clip_files), "--model", str(trained_models["logreg"])]) == 0
+    assert list(csv.reader(io.StringIO(capsys.readouterr().out))) == from_registry
+    assert len(from_registry) == 1 + len(clip_files)
+
+
+def test_an_unknown_registered_model_is_a_clear_error(store, clip_files, caplog):
+    assert main(["predict", str(clip_files[0]), "--model", "models:/no-such-model@champion"]) == 2
+    assert "models:/no-such-model@champion" in caplog.text
+
+
+def test_a_local_folder_is_used_as_it_is(tmp_path):
+    assert classifier_dir(str(tmp_path)) == tmp_path
+
+
+def test_the_request_example_is_a_usable_clip(trained_models):
+    classifier = Classifier.load(trained_models["spectrogram_cnn"])
+    answer = predict_table(classifier, pd.DataFrame({AUDIO_COLUMN: [example_clip(SAMPLE_RATE)]}))
+    assert answer[LABEL_COLUMN].iloc[0] in EMOTIONS
+    assert answer[list(EMOTIONS)].sum(axis=1).iloc[0] == pytest.approx(1.0, abs=1e-5)
+
+
+GOOD = audio_bytes(tone(0.8, 200))
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (pd.DataFrame({"wave": [GOOD]}), r"no 'audio' column \(got \['wave'\]\)"),
+        (pd.DataFrame({AUDIO_COLUMN: []}), "no clips: the request has no rows"),
+        (
+            pd.DataFrame({AUDIO_COLUMN: [GOOD, 3]}),
+            "row 1: audio must be the bytes of an audio file",
+        ),
+        (pd.DataFrame({AUDIO_COLUMN: [GOOD, b""]}), "row 1: empty: no bytes"),
+        (pd.DataFrame({AUDIO_COLUMN: [b"hello, not audio"]}), r"row 0: not readable audio"),
+        (
+            pd.DataFrame({AUDIO_COLUMN: [base64.b64encode(GOOD)]}),
+            r"row 0: not readable audio \(Format not recognised\.\) \(the audio looks like base64",
+        ),
+        (pd.DataFrame({AUDIO_COLUMN: [GOOD, GOOD[: len(GOOD) // 2]]}), r"row 1: truncated: "),
+        (pd.DataFrame({AUDIO_COLUMN: [audio_bytes(tone(0.01, 200))]}), "row 0: too short"),
+    ],
+    ids=[
+        "no-audio-column",
+        "no-rows",
+        "not-bytes",
+        "empty",
+        "not-audio",
+        "base64",
+        "truncated",
+        "short",
+    ],
+)
+def test_an_unusable_request_is_refused_naming_the_row_and_why(trained_models, table, message):
+    classifier = Classifier.load(trained_models["spectrogram_cnn"])
+    with pytest.raises(RequestError, match=message) as refused:
+        predict_table(classifier, table)
+    assert refused.value.get_http_status_code() == 400
+
+
+def test_a_clip_longer_than_the_models_limit_is_refused_from_its_header(trained_models):
+    classifier = Classifier.load(trained_models["spectrogram_cnn"])
+    classifier = dataclasses.replace(
+        classifier, audio=classifier.audio.model_copy(update={"max_duration": 2.0})
+    )
+    long = audio_bytes(tone(2.5, 200))
+    with pytest.raises(
+        RequestError, match=r"row 0: too long: 2\.5 s \(audio\.max_duration is 2\.0 s\)"
+    ):
+        predict_table(classifier, pd.DataFrame({AUDIO_COLUMN: [long]}))
