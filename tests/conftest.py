@@ -20,6 +20,7 @@ import pytest
 import soundfile
 import yaml
 
+import ser.models  # noqa: F401  (loads openSMILE before any test module loads TensorFlow)
 from ser.config import Params, parse_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
