@@ -85,6 +85,10 @@ benchmark: install  ## speed figures on the shared RAVDESS (see README)
 benchmark-accuracy: install  ## grouped k-fold CV by speaker, model kinds x feature sets (see README)
 	python benchmarks/accuracy.py --sets compare --kinds fusion seed_cnn logreg
 
+.PHONY: golden
+golden: install  ## rewrite tests/golden/tiny_pipeline.json after an intended change of outputs
+	python tests/test_reproducibility.py
+
 .PHONY: benchmark-serving
 benchmark-serving: install  ## `mlflow models serve` of models/ on 127.0.0.1 under load: p50/p95 latency, clips/s (see README)
 	python benchmarks/serving.py
