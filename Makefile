@@ -85,7 +85,10 @@ benchmark: install  ## speed figures on the shared RAVDESS (see README)
 benchmark-accuracy: install  ## grouped k-fold CV by speaker, model kinds x feature sets (see README)
 	python benchmarks/accuracy.py --sets compare --kinds fusion seed_cnn logreg
 
-.PHONY: golden
+.PHONY: benchmark-seeds golden
+benchmark-seeds: install  ## after `make repro`: test UAR of its training over 5 seeds (docs/reproducibility.md)
+	python benchmarks/seed_spread.py
+
 golden: install  ## rewrite tests/golden/tiny_pipeline.json after an intended change of outputs
 	python tests/test_reproducibility.py
 
