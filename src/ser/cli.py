@@ -14,6 +14,7 @@ from pathlib import Path
 from ser import paths
 from ser.config import DEFAULT_PARAMS, load_params
 from ser.errors import SerError
+from ser.ops.kernels import pin_numeric_kernels
 
 log = logging.getLogger("ser")
 
@@ -33,11 +34,13 @@ class Command:
 
 def run_stage(args: argparse.Namespace) -> None:
     params = load_params(args.params)  # validated before the stage's heavy imports
+    pin_numeric_kernels()  # before numpy loads: the same numbers on any x86-64-v3 machine
     importlib.import_module(f"ser.stages.{args.command}").run(params)
 
 
 def run_tune(args: argparse.Namespace) -> None:
     params = load_params(args.params)
+    pin_numeric_kernels()
     from ser.stages import tune
 
     if args.worker is None:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ser import ORIGINAL
 from ser.config import AugmentKind, Params
 from ser.ops.atomic import write_with
+from ser.ops.kernels import numpy_targets
 from ser.paths import workspace_root
 from ser.signal.audio import BadAudio, load_clip
 from ser.signal.augment import apply_recipe, clip_rng
@@ -90,6 +91,7 @@ def cache_key(sha256: str, variant: Variant, params: Params, feature_set: str) -
         "clip": sha256,
         "copy": variant.copy,
         "recipe": list(variant.recipe),
+        "kernels": numpy_targets(),  # an unpinned AVX-512 run caches other last bits
     }
     if variant.recipe:
         spec["augment"] = params.augment.model_dump(mode="json", exclude={"copies"})
