@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import json
 import logging
 import sys
 import time
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         ", ".join(f"{key}: {value}" for key, value in info.items()),
     ]
-    write_json(args.out.with_suffix(".json"), {"machine": info, "result": result})
+    plain = json.loads(json.dumps(result, default=lambda value: value.item()))  # numpy scalars
+    write_json(args.out.with_suffix(".json"), {"machine": info, "result": plain})
     text = "\n".join(lines) + "\n"
     write_with(args.out.with_suffix(".md"), lambda path: path.write_text(text))
     print(text)
