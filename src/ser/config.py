@@ -280,8 +280,8 @@ class SpeechParams(_Section):
     """The speech gate (``ser.signal.speech``): how much speech a clip must hold to be
     answered, judged by a voice-activity detector on the audio as given."""
 
-    threshold: float = Field(0.4, gt=0, lt=1)
-    min_speech_seconds: float = Field(0.1, ge=0)
+    threshold: float = Field(0.3, gt=0, lt=1)
+    min_speech_seconds: float = Field(0.15, ge=0)
 
 
 class CalibrationParams(_Section):
@@ -298,8 +298,9 @@ class MonitorParams(_Section):
     window_days: float = Field(1.0, gt=0)
     min_clips: int = Field(30, ge=1)
     drift_method: str = Field("wasserstein", min_length=1)
-    drift_threshold: float = Field(0.1, gt=0)
-    max_drifted_share: float = Field(0.25, ge=0, le=1)
+    drift_threshold: float = Field(1.2, gt=0)
+    max_drifted_share: float = Field(0.0, ge=0, le=1)
+    label_drift_threshold: float = Field(0.3, gt=0)
     max_no_speech_share: float = Field(0.2, ge=0, le=1)
 
 

@@ -29,7 +29,7 @@ from ser.serve.predict import NO_SPEECH, Answer
 from ser.signal.speech import ClipStats
 
 MODEL = ModelIdentity("ser-emotion", "0123456789ab")
-STATS = ClipStats(2.0, 16_000, 1, -23.0, 0.0, 0.6, 1.2, 31.0, 7_600.0)
+STATS = ClipStats(2.0, 16_000, 1, -23.0, 0.0, 0.6, 1.2, 31.0, -21.0)
 PROBABILITIES = np.array([0.1, 0.05, 0.05, 0.6, 0.1, 0.05, 0.05])
 
 

@@ -46,7 +46,7 @@ def clips(count: int, seed: int, **shift: float) -> pd.DataFrame:
             "speech_ratio": rng.uniform(0.3, 0.6, count),
             "speech_seconds": rng.uniform(1, 2, count),
             "snr_db": rng.normal(40, 5, count) + shift.get("snr_db", 0),
-            "bandwidth_hz": rng.normal(3000, 600, count) + shift.get("bandwidth_hz", 0),
+            "high_band_db": rng.normal(-20, 3, count) + shift.get("high_band_db", 0),
             "label": [EMOTIONS[i] for i in probabilities.argmax(1)],
             "confidence": probabilities.max(1),
             **dict(zip(PROBABILITY_COLUMNS, probabilities.T, strict=True)),
@@ -71,9 +71,9 @@ def test_noisy_and_telephone_windows_are_flagged():
     assert {"snr_db", "level_dbfs"} <= set(noisy.drifted)
     assert noisy.drift and "of the audio columns drifted" in noisy.flags[0]
     phone, _ = judge(
-        reference, clips(200, 2, sample_rate=8_000, bandwidth_hz=-1500), END, END, PARAMS
+        reference, clips(200, 2, sample_rate=8_000, high_band_db=-90), END, END, PARAMS
     )
-    assert {"sample_rate", "bandwidth_hz"} <= set(phone.drifted) and phone.drift
+    assert {"sample_rate", "high_band_db"} <= set(phone.drifted) and phone.drift
 
 
 def test_a_window_of_no_speech_is_flagged_and_refusals_are_counted():

@@ -16,9 +16,9 @@ from ser.signal.nonspeech import KINDS, named_cases, random_case
 from ser.signal.speech import (
     VAD_RATE,
     WINDOW,
-    bandwidth_hz,
     clipping_ratio,
     describe,
+    high_band_db,
     level_dbfs,
     no_speech_reason,
     snr_db,
@@ -72,7 +72,7 @@ def test_a_zero_minimum_turns_the_gate_off():
     assert stats.speech_seconds == 0
     assert no_speech_reason(stats, SpeechParams(min_speech_seconds=0)) is None
     assert no_speech_reason(stats, GATE) == (
-        "no speech: 0.00 s of speech detected (speech.min_speech_seconds is 0.1 s)"
+        "no speech: 0.00 s of speech detected (speech.min_speech_seconds is 0.15 s)"
     )
 
 
@@ -84,14 +84,15 @@ def test_levels_ignore_a_dc_offset_and_silence_has_a_floor():
     assert level_dbfs(np.zeros(100, np.float32)) == -200.0
 
 
-def test_clipping_bandwidth_and_snr():
+def test_clipping_high_band_and_snr():
     clipped = np.clip(tone(1.0, amplitude=2.0), -1, 1)
     assert clipping_ratio(clipped) > 0.5
     assert clipping_ratio(tone(1.0)) == 0
     wideband = noise(2.0, 0.1)
     narrow = resample(resample(wideband, SAMPLE_RATE, 8_000), 8_000, SAMPLE_RATE)
-    assert bandwidth_hz(wideband, SAMPLE_RATE) > 7_000
-    assert bandwidth_hz(narrow, SAMPLE_RATE) < 4_000
+    assert high_band_db(wideband, SAMPLE_RATE) == pytest.approx(-3, abs=0.5)  # half the band
+    assert high_band_db(narrow, SAMPLE_RATE) < -60  # nothing above 4 kHz survives 8 kHz
+    assert high_band_db(np.zeros(1000, np.float32), SAMPLE_RATE) == -200.0
     windows = 20
     loud = np.concatenate([tone(WINDOW * windows / VAD_RATE, amplitude=0.5), noise(0.64, 0.005)])
     speech = np.arange(len(loud) // WINDOW) < windows

@@ -56,7 +56,7 @@ STAT_COLUMNS = [
     "speech_ratio",
     "speech_seconds",
     "snr_db",
-    "bandwidth_hz",
+    "high_band_db",
 ]
 SCHEMA = pa.schema(
     [
@@ -289,30 +289,41 @@ def open_log(
 
 
 def reference_table(
-    stats: pd.DataFrame, probabilities: np.ndarray, classifier: Classifier
+    stats: pd.DataFrame, answers: dict[str, np.ndarray], classifier: Classifier
 ) -> pd.DataFrame:
     """What the log would hold for clips of known provenance: their statistics (one row per
-    clip, as ``corpus.screen`` measured them) and the classifier's answers from its
-    calibrated ``probabilities`` (one row per clip). ``ser monitor`` compares with it."""
+    clip, as ``corpus.screen`` measured them) and, for the clips in ``answers`` (path ->
+    calibrated probabilities), the classifier's answers; the other rows have no label.
+    ``ser monitor`` compares the log with it."""
     identity = ModelIdentity("reference", "")
-    records = [
-        record_of(answered(path, ClipStats(**values), row, classifier), identity, "reference", None)
-        for (path, values), row in zip(
-            stats.set_index("path").to_dict("index").items(), probabilities, strict=True
+    records = []
+    for values in stats.to_dict("records"):
+        path, clip = values.pop("path"), ClipStats(**values)
+        row = answers.get(path)
+        answer = (
+            answered(path, clip, row, classifier)
+            if row is not None
+            else Answer(path, None, None, None, clip)
         )
-    ]
+        record = record_of(answer, identity, "reference", None)
+        records.append(record if row is not None else {**record, "label": None})
     return pa.Table.from_pylist(records, schema=SCHEMA).to_pandas()
 
 
-def write_reference(rows: pd.DataFrame, probabilities: np.ndarray, classifier: Classifier) -> None:
-    """Write ``models/monitor_reference.parquet`` for the validation ``rows`` (the
-    feature table's) and the calibrated ``probabilities`` of the model fitted without them,
-    with the clips' statistics from preprocess (``data/processed/clip_stats.parquet``)."""
+def write_reference(
+    rows: pd.DataFrame,
+    answered_rows: pd.DataFrame,
+    probabilities: np.ndarray,
+    classifier: Classifier,
+) -> None:
+    """Write ``models/monitor_reference.parquet``: the statistics of the clips of ``rows``
+    (training and validation speakers, from ``data/processed/clip_stats.parquet``), with the
+    answers of the calibrated ``probabilities`` of ``answered_rows`` (the validation
+    speakers', from the model fitted without them)."""
     if not paths.CLIP_STATS.is_file():
         log.warning("%s is missing (run preprocess): no monitor reference", paths.CLIP_STATS)
         return
-    stats = pd.read_parquet(paths.CLIP_STATS).set_index("path")
-    known = rows["path"].isin(stats.index).to_numpy()
-    stats = stats.loc[rows["path"][known]].reset_index()
-    table = reference_table(stats, probabilities[known], classifier)
-    write_parquet(paths.MONITOR_REFERENCE, table)
+    stats = pd.read_parquet(paths.CLIP_STATS)
+    stats = stats[stats["path"].isin(set(rows["path"]))].sort_values("path")
+    answers = dict(zip(answered_rows["path"], probabilities, strict=True))
+    write_parquet(paths.MONITOR_REFERENCE, reference_table(stats, answers, classifier))

@@ -1,11 +1,11 @@
 """``ser monitor``: does a window of the inference log still look like the training data?
 
 The reference is ``monitor_reference.parquet`` beside the model (written by the train
-stage): the validation speakers' clips as preprocess measured them and the answers of the
-model fitted without them. A window of the log (the last ``monitor.window_days``) is
+stage): the training and validation speakers' clips as preprocess measured them, and for
+the validation speakers' clips the answers of the model fitted without them. A window of the log (the last ``monitor.window_days``) is
 compared with it by Evidently, column by column (``monitor.drift_method``, a distance
-above ``monitor.drift_threshold`` is drift) and on the answers (the label's distribution,
-the share of ``no_speech``). The window is flagged, and the command exits 1, when more
+above ``monitor.drift_threshold`` is drift) and on the answers (the labels' distribution
+against ``monitor.label_drift_threshold``, the share of ``no_speech``). The window is flagged, and the command exits 1, when more
 than ``monitor.max_drifted_share`` of the audio columns drift, when the labels drift, or
 when more than ``monitor.max_no_speech_share`` of the clips hold no speech.
 """
@@ -34,7 +34,7 @@ AUDIO_COLUMNS = [
     "clipping_ratio",
     "speech_ratio",
     "snr_db",
-    "bandwidth_hz",
+    "high_band_db",
 ]
 """What the clips sound like (``channels`` is left out: almost always 1, so no distribution)."""
 LABEL, CONFIDENCE = "label", "confidence"
@@ -115,7 +115,7 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, params: MonitorParam
     ]
     checks.append(
         metrics.ValueDrift(
-            column=LABEL, method=LABEL_DRIFT_METHOD, threshold=params.drift_threshold
+            column=LABEL, method=LABEL_DRIFT_METHOD, threshold=params.label_drift_threshold
         )
     )
     checks.append(metrics.CategoryCount(column=LABEL, categories=[NO_SPEECH]))
@@ -172,8 +172,8 @@ def judge(
         )
     if LABEL in verdict.drifted:
         verdict.flags.append(
-            f"the labels drifted ({LABEL_DRIFT_METHOD} {verdict.scores[LABEL]:.3f} > "
-            f"monitor.drift_threshold {params.drift_threshold})"
+            f"the answers drifted ({LABEL_DRIFT_METHOD} {verdict.scores[LABEL]:.3f} > "
+            f"monitor.label_drift_threshold {params.label_drift_threshold})"
         )
     if verdict.no_speech_share > params.max_no_speech_share:
         verdict.flags.append(

@@ -32,8 +32,8 @@ CLIPPED = 0.999
 """A sample at or above this magnitude (of full scale) counts as clipped."""
 FLOOR_DB = -200.0
 """The level reported for digital silence (log of zero)."""
-BANDWIDTH_SHARE = 0.95
-"""The bandwidth is the frequency below which this share of the clip's power lies."""
+HIGH_BAND_HZ = 4_000
+"""Where the high band starts: a phone line (300-3400 Hz) or an 8 kHz file has nothing above."""
 
 
 class VadModelError(RuntimeError):
@@ -52,7 +52,7 @@ class ClipStats:
     speech_ratio: float  # share of 32 ms windows the VAD calls speech
     speech_seconds: float
     snr_db: float  # speech windows' power over the other windows' (an estimate)
-    bandwidth_hz: float  # below this lies 95 % of the power
+    high_band_db: float  # the share of the power above 4 kHz, in dB
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -122,16 +122,16 @@ def snr_db(signal: np.ndarray, speech: np.ndarray) -> float:
     return 10 * np.log10(loud / max(quiet, loud * 1e-12))
 
 
-def bandwidth_hz(signal: np.ndarray, sample_rate: int) -> float:
-    """The frequency below which BANDWIDTH_SHARE of the power lies (Welch's estimate):
-    about 3.4 kHz for telephone audio, higher for wideband speech."""
+def high_band_db(signal: np.ndarray, sample_rate: int) -> float:
+    """The share of the power above HIGH_BAND_HZ, in dB (Welch's estimate; FLOOR_DB for
+    none): about -20 dB for wideband speech, the floor for telephone or 8 kHz audio, higher
+    in broadband noise."""
     if len(signal) < 256:
-        return 0.0
+        return FLOOR_DB
     frequencies, power = welch(signal, sample_rate, nperseg=512)
-    total = power.sum()
-    if total <= 0:
-        return 0.0
-    return float(frequencies[np.searchsorted(np.cumsum(power), BANDWIDTH_SHARE * total)])
+    total = float(power.sum())
+    high = float(power[frequencies >= HIGH_BAND_HZ].sum())
+    return 10 * np.log10(high / total) if total > 0 and high > 0 else FLOOR_DB
 
 
 def describe(samples: np.ndarray, sample_rate: int, threshold: float) -> ClipStats:
@@ -149,7 +149,7 @@ def describe(samples: np.ndarray, sample_rate: int, threshold: float) -> ClipSta
         speech_ratio=float(speech.mean()) if len(speech) else 0.0,
         speech_seconds=float(speech.sum()) * WINDOW_SECONDS,
         snr_db=snr_db(at_vad_rate, speech),
-        bandwidth_hz=bandwidth_hz(at_vad_rate, VAD_RATE),
+        high_band_db=high_band_db(at_vad_rate, VAD_RATE),
     )
 
 

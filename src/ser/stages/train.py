@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from ser import paths
 from ser.config import Params
@@ -106,7 +107,12 @@ def run(params: Params) -> dict[str, float]:
             calibration,
         )
         classifier.save(paths.MODELS_DIR)
-        write_reference(val_rows, calibration.apply(trained.val_probabilities), classifier)
+        write_reference(
+            pd.concat([select(features, "train"), val_rows]),
+            val_rows,
+            calibration.apply(trained.val_probabilities),
+            classifier,
+        )
         write_json(paths.TRAIN_METRICS, metrics)
         mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
         mlflow.log_artifact(str(paths.HYPERPARAMS), "tuning")
