@@ -215,6 +215,8 @@ def test_no_speech_rows_are_answered_with_the_reason_and_no_probabilities(traine
     assert answer[REASON_COLUMN].str.startswith("no speech: ").all()
     assert answer[SPEECH_RATIO_COLUMN].tolist() == [0.0, 0.0]
     assert answer[list(EMOTIONS)].isna().all().all()
+    records = json.loads(json.dumps(answer.to_dict(orient="records")))  # as the server sends it
+    assert records[0][EMOTIONS[0]] is None  # null, not NaN (which is not JSON)
 
 
 def hostile_files(folder: Path) -> dict[str, Path]:

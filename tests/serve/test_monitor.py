@@ -1,18 +1,24 @@
 """``ser monitor``: a window like the reference passes, a shifted one is flagged (exit 1),
-too few clips give no verdict; the report and summary are written."""
+too few clips give no verdict; the report and summary are written; real traffic through
+the served model; the daily ser_monitor DAG."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import sqlite3
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile
-from conftest import PROJECT_ROOT, SHARED_RAVDESS, audio_bytes, make_params
+import yaml
+from conftest import PROJECT_ROOT, SHARED_RAVDESS, audio_bytes, make_params, run
 from scipy.signal import butter, sosfilt
 
 from ser import EMOTIONS, paths
@@ -26,6 +32,7 @@ from ser.stages import preprocess, train, tune
 sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
 
 from serving import ScoringServer, invocation, post
+from test_dags import _without_ser_settings, airflow_env, parse_dag
 
 PARAMS = MonitorParams()
 END = datetime(2025, 6, 2, tzinfo=UTC)
@@ -186,3 +193,103 @@ def test_served_traffic_is_judged_against_the_training_data(mlflow_workspace, mo
     assert not verdicts["clean"].drift, verdicts["clean"].as_dict()
     assert verdicts["telephone"].drift, verdicts["telephone"].as_dict()
     assert verdicts["noise"].drift, verdicts["noise"].as_dict()
+
+
+# --- the ser_monitor DAG ---------------------------------------------------------------
+
+DAGS = PROJECT_ROOT / "dags"
+DAG_ID = "ser_monitor"
+
+
+@pytest.fixture
+def dag_settings(monkeypatch, tmp_path_factory):
+    for key in os.environ.keys() - _without_ser_settings(dict(os.environ)).keys():
+        monkeypatch.delenv(key)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path_factory.getbasetemp() / "airflow-parse"))
+
+
+def load_monitor_dag():
+    spec = importlib.util.spec_from_file_location("ser_monitor_under_test", DAGS / "ser_monitor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.usefixtures("dag_settings")
+def test_the_monitor_dag_runs_ser_monitor_daily_without_retries():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    assert parse_dag().dag_id == "ser_pipeline"  # the other DAG parses beside it
+    monitor = bag.dags[DAG_ID]
+    assert list(monitor.task_dict) == ["monitor"]
+    assert monitor.schedule == "@daily" and monitor.catchup is False
+    task = monitor.task_dict["monitor"]
+    assert task.retries == 0  # drift is a finding: no retry
+    assert task.execution_timeout == timedelta(minutes=30)
+
+
+@pytest.mark.usefixtures("dag_settings")
+def test_the_monitor_dag_command_follows_the_settings(monkeypatch, tmp_path):
+    module = load_monitor_dag()
+    end = datetime(2025, 6, 2, tzinfo=UTC)
+    command = module.monitor_command(tmp_path, end)
+    assert command == (
+        f"export MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/mlflow.db && cd {tmp_path} && "
+        "ser monitor --end 2025-06-02T00:00:00+00:00"
+    )
+    monkeypatch.setenv("SER_INFERENCE_LOG", "postgresql://ser@db/ser")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    command = module.monitor_command(tmp_path, end)
+    assert command.startswith("export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 && ")
+    assert command.endswith("--log postgresql://ser@db/ser")
+
+
+def write_day(log: Path, day: datetime, records: pd.DataFrame) -> None:
+    records = records.assign(time=day + timedelta(hours=12))
+    ParquetSink(log).write(
+        [{name: row.get(name) for name in SCHEMA.names} for row in records.to_dict("records")]
+    )
+
+
+def task_state(home: Path) -> str:
+    with sqlite3.connect(home / "airflow.db") as db:
+        return db.execute(
+            "SELECT state FROM task_instance WHERE dag_id = ? ORDER BY start_date DESC LIMIT 1",
+            (DAG_ID,),
+        ).fetchone()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("dag_settings")
+def test_the_monitor_dag_fails_on_a_drifted_day_and_passes_a_usual_one(tmp_path):
+    """Two `airflow dags test` runs on a project folder with a reference and a log (~1 min)."""
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    clips(400, 0).reindex(columns=SCHEMA.names).to_parquet(
+        project / "models" / "monitor_reference.parquet"
+    )
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = tmp_path / "log"
+    write_day(log, datetime(2025, 6, 1, tzinfo=UTC), clips(120, 1))
+    write_day(log, datetime(2025, 6, 2, tzinfo=UTC), clips(120, 2, snr_db=-30, level_dbfs=8))
+    home = tmp_path / "airflow"
+    env = airflow_env(
+        project,
+        home,
+        DAGS,
+        SER_MONITOR_PROJECT=str(project),
+        SER_INFERENCE_LOG=str(log),
+    )
+
+    usual = run(["airflow", "dags", "test", DAG_ID, "2025-06-02"], project, env, check=False)
+    assert usual.returncode == 0, usual.stdout[-3000:] + usual.stderr[-3000:]
+    assert task_state(home) == "success"
+    drifted = run(["airflow", "dags", "test", DAG_ID, "2025-06-03"], project, env, check=False)
+    assert drifted.returncode != 0
+    assert task_state(home) == "failed"
+    assert "drift: " in drifted.stdout + drifted.stderr
+    assert (project / "reports" / "monitor" / "monitor.html").is_file()

