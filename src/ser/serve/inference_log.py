@@ -246,19 +246,23 @@ class InferenceLog:
         )
 
     def run(self) -> None:
+        """Write batches of up to ``max_batch`` queued records until ``close``'s sentinel."""
         done = False
         while not done:
-            batch: list[dict] = []
             try:
                 item = self.pending.get(timeout=self.flush_seconds)
-                while item is not None and len(batch) < self.max_batch:
-                    batch.append(item)
-                    item = self.pending.get_nowait()
-                done = item is None
-                if item is not None:
-                    batch.append(item)
             except queue.Empty:
-                pass
+                continue
+            batch: list[dict] = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= self.max_batch:
+                    break
+                try:
+                    item = self.pending.get_nowait()
+                except queue.Empty:
+                    break
+            done = item is None
             if batch:
                 self.write(batch)
 
