@@ -283,6 +283,7 @@ def test_the_monitor_dag_fails_on_a_drifted_day_and_passes_a_usual_one(tmp_path)
         DAGS,
         SER_MONITOR_PROJECT=str(project),
         SER_INFERENCE_LOG=str(log),
+        PYTHONPATH=str(PROJECT_ROOT / "src"),  # the project folder holds no code of its own
     )
 
     usual = run(["airflow", "dags", "test", DAG_ID, "2025-06-02"], project, env, check=False)
