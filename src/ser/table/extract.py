@@ -32,7 +32,7 @@ from ser.signal.features import feature_names, logmel_frames, set_features
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: condition() removes DC before its level checks
 """Bump when feature code changes in a way params do not capture."""
 LOGMEL = "logmel"
 """The cache's name for a variant's log-mel frames, beside the vector sets."""
