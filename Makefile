@@ -35,12 +35,7 @@ lock: $(BIN)/uv  ## pin what pyproject.toml asks for in requirements.lock (the n
 lock-upgrade: $(BIN)/uv  ## requirements.lock with every package at its newest allowed release
 	$(LOCK_COMPILE) --upgrade
 
-# the page `dvc plots show` fills (.dvc/config: plots.html_template), charting libraries inlined
-PLOTS_PAGE := .dvc/plots/offline.html
-$(PLOTS_PAGE): $(STAMP) src/ser/ops/plots_page.py
-	python -m ser.ops.plots_page
-
-install: $(STAMP) $(PLOTS_PAGE)  ## virtual environment with the project and every tool it uses
+install: $(STAMP)  ## virtual environment with the project and every tool it uses
 
 data: install  ## bring RAVDESS into data/raw (SER_CORPUS_SOURCE points elsewhere) and track it
 	ser data
@@ -48,6 +43,15 @@ data: install  ## bring RAVDESS into data/raw (SER_CORPUS_SOURCE points elsewher
 
 repro: data  ## the main job: the whole pipeline on real audio
 	dvc repro
+
+# `dvc exp show` lists every param (about 140 columns); this keeps the params that differ
+# between the rows and the headline metrics: validation and test UAR (docs/experiments.md)
+EXP_SHOW_KEEP := ^(Experiment|val_uar|test(_speaker_normalised)?\.uar)$$
+EXP_SHOW_DROP := ^([^.]*|test.*|.*/.*)$$
+EXP_SHOW_ARGS ?=
+.PHONY: exp-show
+exp-show: install  ## the experiments table, narrowed to what was swept and the headline metrics
+	dvc exp show --only-changed --keep '$(EXP_SHOW_KEEP)' --drop '$(EXP_SHOW_DROP)' $(EXP_SHOW_ARGS)
 
 test: install  ## the test suite (CI runs this)
 	pytest
@@ -57,9 +61,11 @@ lint: install
 	ruff check src tests dags benchmarks
 
 MLFLOW_UI_PORT ?= 5000
-mlflow-ui: install  ## browse runs of the embedded store: open the address it prints (README)
+# one web worker and no GenAI job runners (MLflow 3 starts 4 workers and 8 job processes otherwise)
+mlflow-ui: install  ## browse runs of the embedded store: open the address it prints (docs/mlflow.md)
 	@python -m ser.ops.tracking http://127.0.0.1:$(MLFLOW_UI_PORT)
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--host 127.0.0.1 --port $(MLFLOW_UI_PORT) --workers 1
 
 # A team's tracking server (docs/team.md): runs and models in PostgreSQL, artifacts proxied to a
 # folder or gs://bucket/path; clients set MLFLOW_TRACKING_URI=http://<host>:<port>
@@ -113,10 +119,15 @@ compose-check: install  ## validate docker-compose.yaml and lint the Dockerfile,
 AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False
 # the UI and API listen on this address only; AIRFLOW_API_HOST=0.0.0.0 opens them to the network
 AIRFLOW_API_HOST ?= 127.0.0.1
+AIRFLOW_API_PORT ?= 8080
+# LocalExecutor workers the scheduler starts (Airflow's default, 32, is for bigger machines)
+AIRFLOW_PARALLELISM ?= 2
 .PHONY: airflow-test airflow-standalone
 airflow-test: install  ## run the ser_pipeline DAG once: clone main, dvc exp run, quality gate, dvc exp push (docs/airflow.md)
 	$(AIRFLOW_ENV) airflow db migrate
 	$(AIRFLOW_ENV) airflow dags test ser_pipeline
 
+# one Ctrl-C stops every process of it within 20 s (src/ser/ops/supervise.py says why it is needed)
 airflow-standalone: install  ## local Airflow on http://127.0.0.1:8080 running ser_pipeline on its schedule (docs/airflow.md)
-	$(AIRFLOW_ENV) AIRFLOW__API__HOST=$(AIRFLOW_API_HOST) airflow standalone
+	$(AIRFLOW_ENV) AIRFLOW__API__HOST=$(AIRFLOW_API_HOST) AIRFLOW__API__PORT=$(AIRFLOW_API_PORT) \
+		AIRFLOW__CORE__PARALLELISM=$(AIRFLOW_PARALLELISM) python -m ser.ops.supervise airflow standalone

@@ -6,14 +6,14 @@
 3. the re-run after adding 12 clips to that copy, and how many clips were re-extracted;
 4. single-clip ``ser predict`` latency once the model is loaded.
 
-Everything runs in a temporary directory; nothing is written into the repository.
+Everything runs in a temporary directory; the figures go to ``--out`` (.md and .json,
+default ``benchmarks/results/pipeline_speed``), which docs/benchmarks.md quotes.
 ``--quick`` takes 200 clips and skips (2) and (3).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -33,6 +33,7 @@ import pandas as pd
 from ser.config import Params, load_params
 from ser.corpus.manifest import scan
 from ser.corpus.split import assign_splits
+from ser.ops.atomic import write_json, write_with
 from ser.table.extract import extract_features
 
 log = logging.getLogger("benchmark")
@@ -252,11 +253,32 @@ def machine() -> dict[str, object]:
     }
 
 
+def markdown(rows: list[Row], info: dict[str, object]) -> str:
+    """The figures as a table, and the machine they were measured on."""
+    lines = ["| measure | value | unit | target |", "|---|---|---|---|"]
+    lines += [f"| {r.name.strip()} | {r.value:.4g} | {r.unit} | {r.target} |" for r in rows]
+    lines += ["", ", ".join(f"{key}: {value}" for key, value in info.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[Row], info: dict[str, object], out: Path) -> str:
+    """``out``.md and ``out``.json; the table."""
+    text = markdown(rows, info)
+    write_json(out.with_suffix(".json"), {"machine": info, "results": [asdict(r) for r in rows]})
+    write_with(out.with_suffix(".md"), lambda path: path.write_text(text))
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_CLIPS} clips, no dvc repro")
     parser.add_argument("--corpus", type=Path, default=SHARED_RAVDESS, help="RAVDESS folder")
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "pipeline_speed",
+        help="writes <out>.md and <out>.json (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -288,15 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     info["benchmark_seconds"] = round(time.perf_counter() - started, 1)
-    width = max(len(row.name) for row in rows)
-    print(f"\n{'measure':<{width}}  {'value':>9}  {'unit':<7} target")
-    for row in rows:
-        print(f"{row.name:<{width}}  {row.value:>9.4g}  {row.unit:<7} {row.target}")
-    print("\n" + "  ".join(f"{k}: {v}" for k, v in info.items()))
-    if args.json:
-        args.json.write_text(
-            json.dumps({"machine": info, "results": [asdict(r) for r in rows]}, indent=2) + "\n"
-        )
+    print("\n" + write_results(rows, info, args.out))
     return 0
 
 

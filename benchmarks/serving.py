@@ -8,7 +8,9 @@ models:/ser-emotion@champion``, from ``MLFLOW_TRACKING_URI`` or the workspace's 
 concurrent clients send ``--requests`` single-clip requests in all, real clips of the
 shared RAVDESS in turn (generated tones, with a note, when it is absent). Prints p50 /
 p95 latency per request, clips/s and the machine's load, and writes ``--out`` (.md and
-.json). The clients share the machine with the server: on 2 cores they cost it some CPU.
+.json), keeping the rows of earlier runs with other settings (model, workers, clients,
+requests, clips), so that a table of several settings is measured one run at a time. The
+clients share the machine with the server: on 2 cores they cost it some CPU.
 """
 
 from __future__ import annotations
@@ -222,20 +224,49 @@ def measure_load(url: str, bodies: list[bytes], clients: int, requests: int) -> 
     }
 
 
-def markdown(result: dict[str, object], info: dict[str, object]) -> str:
+SETTINGS = ("model", "workers", "clients", "requests", "clips")
+"""What a row was measured with: a new run replaces the row of the same settings."""
+
+
+def kept_rows(earlier: list[dict], row: dict) -> list[dict]:
+    """``earlier`` rows (``{"machine": …, "result": …}``) measured with other settings, and ``row``,
+    ordered by server workers then clients."""
+    rows = [r for r in earlier if any(r["result"][k] != row["result"][k] for k in SETTINGS)]
+    return sorted([*rows, row], key=lambda r: (r["result"]["workers"], r["result"]["clients"]))
+
+
+def markdown(rows: list[dict]) -> str:
     lines = [
         "| model | server workers | clients | requests | p50 latency | p95 latency | clips/s "
-        "| server start |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {result['model']} | {result['workers']} | {result['clients']} | {result['requests']} "
-        f"| {result['p50_ms']:.0f} ms | {result['p95_ms']:.0f} ms "
-        f"| {result['requests_per_s']:.1f} | {result['server_start_s']:.0f} s |",
-        "",
-        f"One clip a request; clips: {result['clips']}.",
-        "",
-        ", ".join(f"{key}: {value}" for key, value in info.items()),
+        "| server start | load average |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        result, machine = row["result"], row["machine"]
+        load = f"{machine['load_average_start'][0]} to {machine['load_average_end'][0]}"
+        lines.append(
+            f"| {result['model']} | {result['workers']} | {result['clients']} "
+            f"| {result['requests']} | {result['p50_ms']:.0f} ms | {result['p95_ms']:.0f} ms "
+            f"| {result['requests_per_s']:.1f} | {result['server_start_s']:.0f} s | {load} |"
+        )
+    lines += ["", "One clip a request. Each row, the clips and the machine it was measured on:", ""]
+    lines += [
+        f"- {r['result']['workers']} worker(s), {r['result']['clients']} client(s): "
+        f"{r['result']['clips']}; " + ", ".join(f"{k}: {v}" for k, v in r["machine"].items())
+        for r in rows
     ]
     return "\n".join(lines) + "\n"
+
+
+def write_results(row: dict, out: Path) -> str:
+    """``out``.json with ``row`` among the kept rows of the earlier file, and ``out``.md."""
+    path = out.with_suffix(".json")
+    earlier = read_json(path).get("rows", []) if path.is_file() else []
+    rows = kept_rows(earlier, row)
+    text = markdown(rows)
+    write_json(path, {"rows": rows})
+    write_with(out.with_suffix(".md"), lambda target: target.write_text(text))
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,10 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     info["benchmark_seconds"] = round(time.perf_counter() - started, 1)
-    text = markdown(result, info)
-    write_json(args.out.with_suffix(".json"), {"machine": info, "result": result})
-    write_with(args.out.with_suffix(".md"), lambda path: path.write_text(text))
-    print("\n" + text)
+    print("\n" + write_results({"machine": info, "result": result}, args.out))
     return 0
 
 

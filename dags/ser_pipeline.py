@@ -10,9 +10,9 @@ Every DAG run works in its own clean clone of a git remote and ref, never in a w
 - `dvc_exp_run` reproduces the pipeline as the DVC experiment `<experiment>`, named after
   the DAG run (e.g. `scheduled-20250102-000000`); its MLflow runs carry the same name.
 - `quality_gate` fails the run when the test UAR of `reports/metrics.json` is below the
-  threshold; nothing is pushed after a failed repro or gate. When the run trained a
-  model, `ser promote` first moves the registered model's alias `champion` to it only
-  if it passes (the same threshold).
+  threshold; nothing is pushed after a failed repro or gate. When the run made a model
+  other than the cloned commit's, `ser promote` first moves the registered model's alias
+  `champion` to it only if it passes (the same threshold).
 - `dvc_exp_push` pushes the experiment's git ref to `git_remote` and its outputs to the DVC
   remote, so `dvc exp pull` / `dvc exp show` in any clone list it with its metrics.
 - `remove_checkout` (a teardown task) deletes the clone, whether the run passed or not.
@@ -48,6 +48,7 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import yaml
 from airflow.sdk import DAG, chain, get_current_context, setup, task, teardown
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -200,8 +201,8 @@ def dvc_exp_run() -> str:
 
 
 def promote(checkout: Path, threshold: float) -> None:
-    """``ser promote`` in ``checkout``: alias ``champion`` moves to the model version this
-    run registered only when its test UAR reaches ``threshold``; fail with its message."""
+    """``ser promote`` in ``checkout``: alias ``champion`` moves to the version of the model
+    in its ``models/`` only when its test UAR reaches ``threshold``; fail with its message."""
     command = ["ser", "promote", "--min-uar", str(threshold)]
     env = {**os.environ, **checkout_environment(checkout)}
     done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
@@ -212,17 +213,33 @@ def promote(checkout: Path, threshold: float) -> None:
         raise AirflowFailException(f"{shlex.join(command)} in {checkout}: {last[0]}")
 
 
+def made_a_new_model(checkout: Path) -> bool:
+    """Whether ``models`` in the run's ``dvc.lock`` differs from the cloned commit's (by
+    content hash): a run whose outputs were all pulled made none."""
+
+    def models_md5(lock_text: str) -> str | None:
+        stages = (yaml.safe_load(lock_text) or {}).get("stages", {})
+        outs = [out for stage in stages.values() for out in stage.get("outs", [])]
+        return next((out.get("md5") for out in outs if out.get("path") == "models"), None)
+
+    cloned = subprocess.run(
+        ["git", "show", "HEAD:dvc.lock"], cwd=checkout, capture_output=True, text=True
+    )
+    made = models_md5((checkout / "dvc.lock").read_text())
+    return made is not None and made != models_md5(cloned.stdout if cloned.returncode == 0 else "")
+
+
 @task(retries=0, execution_timeout=timedelta(minutes=5))
 def quality_gate() -> float:
     """Fail the run, so nothing is pushed, when the test UAR is below the threshold.
 
-    When this run trained a model (pulled outputs train nothing), ``ser promote`` applies
-    the same threshold in the MLflow Model Registry first: alias ``champion`` moves to the
-    new version only when it passes.
+    When this run made a new model (pulled outputs make none), ``ser promote`` applies the
+    same threshold in the MLflow Model Registry first: alias ``champion`` moves to the
+    model's version only when it passes.
     """
     checkout = this_run()[1]
     threshold = min_test_uar(checkout)
-    if (checkout / paths.TRAIN_RUN_ID).is_file():
+    if made_a_new_model(checkout):
         promote(checkout, threshold)
     return check_test_uar(checkout, threshold)
 

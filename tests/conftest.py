@@ -174,7 +174,8 @@ def project_env(repo: Path) -> dict[str, str]:
 def make_project_repo(destination: Path, corpus: Path, params_override: dict | None = None) -> Path:
     """A git + DVC repository made from this project (code, pipeline, params) with ``corpus`` as data/raw.
 
-    Raw data is added with ``dvc add`` and everything is committed, as a user's clone would be.
+    It has the project's DVC config (no remote) and offline plots page. Raw data is added with
+    ``dvc add`` and everything is committed, as a user's clone would be.
     """
     destination.mkdir(parents=True)
     for name in (
@@ -201,7 +202,9 @@ def make_project_repo(destination: Path, corpus: Path, params_override: dict | N
     run(["git", "config", "user.email", "test@example.com"], destination)
     run(["git", "config", "user.name", "test"], destination)
     run(["dvc", "init", "-q"], destination)
-    run(["dvc", "config", "core.analytics", "false"], destination)
+    for name in (".dvc/config", ".dvc/plots/offline.html"):  # no remote; the offline plots page
+        (destination / name).parent.mkdir(exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, destination / name)
     run(["dvc", "add", "-q", "data/raw"], destination)
     run(["git", "add", "-A"], destination)
     run(["git", "commit", "-qm", "project with a tiny corpus"], destination)

@@ -7,20 +7,24 @@ remote the runs clone and push experiments to) and a local-folder DVC remote.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shlex
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
 from datetime import UTC, datetime, timedelta, timezone
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, project_env, run
+from conftest import PROJECT_ROOT, free_port, project_env, run
 
 DAGS = PROJECT_ROOT / "dags"
 DAG_ID = "ser_pipeline"
@@ -32,8 +36,8 @@ CACHED_OUTS = [
     "models",
     "tuning/study",
     "tuning/hyperparams.json",
-    "reports/metrics.json",
 ]
+"""What the DVC remote carries; the reports travel with the experiment's git commit."""
 
 
 def _without_ser_settings(env: dict[str, str]) -> dict[str, str]:
@@ -166,6 +170,25 @@ def test_gate_names_the_file_when_it_has_no_headline_uar(tmp_path, metrics, mess
         dags.check_test_uar(tmp_path, 0.3)
 
 
+def lock_with_models(md5: str) -> str:
+    """A dvc.lock whose train stage made ``models`` with hash ``md5``."""
+    outs = [{"path": "models", "md5": md5}, {"path": "tuning/x.json", "md5": "0"}]
+    return yaml.safe_dump({"schema": "2.0", "stages": {"train": {"outs": outs}}})
+
+
+def test_a_new_model_is_one_the_cloned_commit_does_not_have(tmp_path):
+    """The gate promotes only what the run made: a run that pulled every output made nothing."""
+    dags = load_dag_module()
+    run(["git", "init", "-q"], tmp_path)
+    (tmp_path / "dvc.lock").write_text(lock_with_models("a.dir"))
+    assert dags.made_a_new_model(tmp_path)  # nothing committed: every model is new
+    run(["git", "add", "dvc.lock"], tmp_path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], tmp_path)
+    assert not dags.made_a_new_model(tmp_path)
+    (tmp_path / "dvc.lock").write_text(lock_with_models("b.dir"))
+    assert dags.made_a_new_model(tmp_path)
+
+
 def test_gate_threshold_from_settings_then_params(monkeypatch, tmp_path):
     dags = load_dag_module()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"quality_gate": {"min_test_uar": 0.3}}))
@@ -222,7 +245,8 @@ def test_commands_follow_the_settings(monkeypatch, tmp_path):
 def standalone_settings(*overrides: str) -> dict[str, str]:
     """The environment ``make airflow-standalone`` starts Airflow with, as ``make -n`` prints it."""
     printed = run(["make", "-n", "airflow-standalone", *overrides], PROJECT_ROOT).stdout
-    command = next(line for line in printed.splitlines() if line.endswith("airflow standalone"))
+    lines = printed.replace("\\\n", " ").splitlines()
+    command = next(line for line in lines if line.endswith("airflow standalone"))
     return dict(word.split("=", 1) for word in shlex.split(command) if "=" in word)
 
 
@@ -233,6 +257,92 @@ def test_airflow_standalone_serves_on_the_loopback_interface_unless_told_otherwi
     host = run(["airflow", "config", "get-value", "api", "host"], tmp_path, env).stdout
     assert host.strip() == "127.0.0.1"  # the option the API server binds to
     assert standalone_settings("AIRFLOW_API_HOST=0.0.0.0")["AIRFLOW__API__HOST"] == "0.0.0.0"
+
+
+def instance_processes(home: Path) -> dict[int, str]:
+    """pid -> command line of every live process of the Airflow whose ``AIRFLOW_HOME`` is
+    ``home``: those with it in their environment, and every process of their sessions (the
+    LocalExecutor workers' titles overwrite their environment)."""
+    processes = {}
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
+            if proc.name.isdigit():
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                environ = (proc / "environ").read_bytes().split(b"\0")
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if fields[0] != "Z":  # a zombie has ended
+                    processes[int(proc.name)] = (int(fields[3]), environ, command)
+    marker = f"AIRFLOW_HOME={home}".encode()
+    sessions = {session for session, environ, _ in processes.values() if marker in environ}
+    return {
+        pid: command
+        for pid, (session, environ, command) in processes.items()
+        if session in sessions or marker in environ
+    }
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def local_executor_workers(home: Path) -> list[str]:
+    return [c for c in instance_processes(home).values() if "LocalExecutor" in c]
+
+
+@pytest.mark.slow
+def test_make_airflow_standalone_stops_whole_on_one_ctrl_c(tmp_path):
+    """Each of the scheduler's LocalExecutor workers, the API server and the rest ends."""
+    ports = {
+        "AIRFLOW_API_PORT": str(free_port()),  # a make variable
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+    }
+    home = tmp_path / ".airflow"  # make's CURDIR is tmp_path: .airflow/ and dags/ there
+    command = ["make", "-s", "-f", str(PROJECT_ROOT / "Makefile"), "-o", "install"]
+    command += ["airflow-standalone", f"AIRFLOW_API_PORT={ports['AIRFLOW_API_PORT']}"]
+    env = _without_ser_settings(project_env(PROJECT_ROOT)) | ports
+    log_path = tmp_path / "standalone.log"
+    with log_path.open("w") as log:
+        make = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while "Airflow is ready" not in log_path.read_text():
+            assert make.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, (
+                f"not ready in 300 s:\n{log_path.read_text()[-3000:]}"
+            )
+            time.sleep(1)
+        while not local_executor_workers(home) and time.monotonic() < deadline:
+            time.sleep(1)  # the scheduler starts them once it runs
+        time.sleep(5)
+        assert 1 <= len(local_executor_workers(home)) <= 2  # AIRFLOW_PARALLELISM, not 32
+        api = f"http://127.0.0.1:{ports['AIRFLOW_API_PORT']}/api/v2/monitor/health"
+        while not answers(api):  # the API server is not part of standalone's "ready"
+            assert time.monotonic() < deadline, f"{api} did not answer"
+            time.sleep(1)
+
+        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C: the terminal signals make and its recipe
+        stopped = time.monotonic()
+        make.wait(60)
+        while instance_processes(home) and time.monotonic() - stopped < 60:
+            time.sleep(0.5)
+        assert instance_processes(home) == {}, "left running after one Ctrl-C"
+        assert time.monotonic() - stopped < 40  # the supervisor's 20 s grace, and margin
+    finally:
+        for pid in instance_processes(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # --- real runs -------------------------------------------------------------------------
@@ -334,8 +444,11 @@ def registry_state(tracking: Path) -> dict[str, dict[str, str]]:
 
 @pytest.mark.slow
 def test_a_run_is_a_pushed_experiment_that_a_second_clone_finds(project_repo, tmp_path):
-    """Run 1 passes the gate: its experiment and data reach the remotes. Run 2 fails it: nothing is pushed."""
-    repo = project_repo()
+    """Run 1 passes the gate: its experiment and data reach the remotes. Run 2 fails it: nothing is pushed.
+
+    A linear kind: the DAG is under test, not a network (no TensorFlow in any stage).
+    """
+    repo = project_repo({"model": {"kind": "logreg"}})
     origin, dvc_remote = project_remotes(repo, tmp_path)
     run(["dvc", "push", "--quiet", "--remote", "backup", "data/raw.dvc"], repo)
     tracking = tmp_path / "tracking.db"

@@ -337,9 +337,11 @@ def test_two_workers_in_separate_workspaces_fill_one_postgresql_study(
 
     client = mlflow.MlflowClient(tracking_server.url)
     experiment = client.get_experiment_by_name("team-tuning")
-    logged = sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id]))
+    runs = client.search_runs([experiment.experiment_id])
+    logged = sorted(r.info.run_name for r in runs)
+    seen = [(t.number, t.state.name, t.user_attrs.get("worker")) for t in trials]
     assert logged == sorted([*(f"trial-{n}" for n in numbers), "tune", "tune-worker"]), (
-        "each trial is one MLflow run, nested in the stage's run or the worker's"
+        f"each trial is one MLflow run, nested in the stage's run or the worker's; trials {seen}"
     )
     assert json.loads((here / paths.HYPERPARAMS).read_text())["kind"] == "seed_cnn"
     assert not (elsewhere / paths.HYPERPARAMS).exists()  # a worker writes no outputs

@@ -180,18 +180,45 @@ def promote_arguments(parser: argparse.ArgumentParser) -> None:
 def remote(args: argparse.Namespace) -> None:
     from ser.ops import remote as dvc_remote
 
-    dvc_remote.run(args.action, args.remote, args.timeout, args.targets)
+    if args.action == "setup":
+        dvc_remote.setup(
+            args.url,
+            args.name or dvc_remote.DEFAULT_NAME,
+            args.endpoint,
+            args.anonymous,
+            args.credentials,
+            args.project,
+        )
+    else:
+        dvc_remote.run(args.action, args.remote, args.timeout, args.targets)
 
 
 def remote_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["push", "pull", "status"])
-    parser.add_argument("targets", nargs="*", help="DVC files or outputs (default: all)")
-    parser.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        help="seconds before giving up (default: $SER_REMOTE_TIMEOUT or 600)",
+    actions = parser.add_subparsers(dest="action", required=True)
+    for action in ("push", "pull", "status"):
+        transfer = actions.add_parser(action, help=f"dvc {action}, bounded in time")
+        transfer.add_argument("targets", nargs="*", help="DVC files or outputs (default: all)")
+        transfer.add_argument(
+            "-r", "--remote", help="DVC remote name (default: the default remote)"
+        )
+        transfer.add_argument(
+            "--timeout",
+            type=float,
+            help="seconds before giving up (default: $SER_REMOTE_TIMEOUT or 600)",
+        )
+    setup = actions.add_parser(
+        "setup", help="make a bucket this clone's default remote (in .dvc/config.local)"
     )
+    setup.add_argument("url", metavar="gs://BUCKET/PATH")
+    setup.add_argument("--name", help="the remote's name (default: gcs)")
+    setup.add_argument("--endpoint", help="the JSON API of an emulator, e.g. http://127.0.0.1:9023")
+    setup.add_argument(
+        "--anonymous", action="store_true", help="no Google credentials (an emulator)"
+    )
+    setup.add_argument(
+        "--credentials", type=Path, help="a service-account key file (default: gcloud's own)"
+    )
+    setup.add_argument("--project", help="the Google Cloud project, if your account has several")
 
 
 COMMANDS: dict[str, Command] = {
@@ -209,7 +236,9 @@ COMMANDS: dict[str, Command] = {
         promote_arguments,
     ),
     "remote": Command(
-        "dvc push / pull / status -c, bounded in time (see docs/gcs.md)", remote, remote_arguments
+        "dvc push / pull / status -c, bounded in time; setup names the bucket (docs/gcs.md)",
+        remote,
+        remote_arguments,
     ),
     "monitor": Command(
         "compare a window of the inference log with the training data (exit 1 on drift; "

@@ -15,7 +15,6 @@ STUDY_DIR = TUNING_DIR / "study"
 TRIALS = STUDY_DIR / "trials.csv"
 
 MODELS_DIR = Path("models")  # the train stage's output, whatever the model kind
-TRAIN_RUN_ID = Path(".ser/train_run.json")  # which MLflow run evaluate adds to (not tracked)
 TRAIN_METRICS = Path("reports/train.json")
 TRAINING_CURVE = Path("reports/training_curve.csv")
 

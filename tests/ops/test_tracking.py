@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -13,9 +14,14 @@ from conftest import PROJECT_ROOT, make_params, run
 
 from ser.config import flatten
 from ser.ops.tracking import (
+    FEATURES_TAG,
+    MODELS_TAG,
     artifact_root,
+    connect,
+    content_sha256,
     data_version,
     run_tags,
+    runs_tagged,
     stage_run,
     tracking_uri,
     ui_address,
@@ -191,3 +197,62 @@ def test_a_sqlite_store_keeps_new_experiments_artifacts_beside_its_file(
     experiment = mlflow.get_experiment_by_name("ser")
     assert experiment.artifact_location == (store.parent / "mlartifacts").as_uri()
     assert artifact_root("http://127.0.0.1:5000") is None  # a server chooses its own
+
+
+def test_content_hashes_follow_names_and_bytes_not_places(tmp_path):
+    first, second = tmp_path / "a" / "models", tmp_path / "b" / "models"
+    for folder in (first, second):
+        (folder / "logreg").mkdir(parents=True)
+        (folder / "classifier.json").write_text('{"kind": "fusion"}')
+        (folder / "logreg" / "model.joblib").write_bytes(b"\x00\x01")
+    assert content_sha256(first) == content_sha256(second)
+    (second / "logreg" / "model.joblib").rename(second / "logreg" / "other.joblib")
+    assert content_sha256(first) != content_sha256(second)
+    (first / "classifier.json").write_text('{"kind": "logreg"}')
+    assert content_sha256(first / "classifier.json") != content_sha256(second / "classifier.json")
+    assert content_sha256(first, tmp_path / "missing") == content_sha256(first)
+
+
+def test_runs_are_found_by_their_tags_newest_first(mlflow_workspace):
+    found = [("m1", "f1"), ("m1", "f1"), ("m1", "f2"), ("m2", "f1")]
+    ids = []
+    for models, features in found:
+        with stage_run("train", make_params()) as active:
+            mlflow.set_tags({MODELS_TAG: models, FEATURES_TAG: features})
+        ids.append(active.info.run_id)
+    tagged = runs_tagged({MODELS_TAG: "m1", FEATURES_TAG: "f1"}, "ser")
+    assert [r.info.run_id for r in tagged] == [ids[1], ids[0]]
+    assert runs_tagged({MODELS_TAG: "m1"}, "no such experiment") == []
+
+
+def test_a_moved_store_reads_its_artifacts_from_its_new_place(tmp_path, monkeypatch):
+    """A checkout moved or copied with its mlflow.db and mlartifacts/ keeps its runs' files."""
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    before, after = tmp_path / "checkout", tmp_path / "moved" / "checkout"
+    before.mkdir()
+    monkeypatch.chdir(before)
+    Path("curve.csv").write_text("epoch,val_uar\n1,0.5\n")
+    with stage_run("train", make_params()) as active:
+        mlflow.log_artifact("curve.csv")
+    run_id = active.info.run_id
+    registry = mlflow.MlflowClient()
+    registry.create_registered_model("curves")
+    registry.create_model_version("curves", f"{active.info.artifact_uri}/curve.csv", run_id)
+    after.parent.mkdir()
+    shutil.move(before, after)
+    monkeypatch.chdir(after)
+
+    connect()
+    logged = mlflow.MlflowClient().get_run(run_id)
+    assert logged.info.artifact_uri == f"{(after / 'mlartifacts').as_uri()}/{run_id}/artifacts"
+    downloaded = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="curve.csv", dst_path=str(tmp_path / "back")
+    )
+    assert Path(downloaded).read_text() == "epoch,val_uar\n1,0.5\n"
+    experiment = mlflow.get_experiment_by_name("ser")
+    assert experiment.artifact_location == (after / "mlartifacts").as_uri()
+    version = mlflow.MlflowClient().get_model_version("curves", "1")
+    assert version.source == f"{logged.info.artifact_uri}/curve.csv"
+    connect()  # nothing left to move
+    assert mlflow.MlflowClient().get_run(run_id).info.artifact_uri == logged.info.artifact_uri

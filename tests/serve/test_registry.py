@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from ser import paths
 from ser.cli import main
-from ser.ops.atomic import write_json
+from ser.ops.tracking import MODELS_TAG, content_sha256
 from ser.serve.gate import GateFailed, NoTestMetrics
 from ser.serve.registry import (
     CANDIDATE,
@@ -32,15 +32,23 @@ def client(mlflow_workspace) -> MlflowClient:
     return MlflowClient()
 
 
-def trained_version(client: MlflowClient, metrics: dict[str, float]) -> str:
-    """A training run with ``metrics`` (as evaluate logs them), registered as a candidate."""
+def trained_version(client: MlflowClient, metrics: dict[str, float], models: str = "m") -> str:
+    """A training run with ``metrics`` (as evaluate logs them), registered as a candidate
+    whose model has the content hash ``models``."""
     with mlflow.start_run() as run:
         mlflow.log_metrics(metrics)
     if not client.search_registered_models(f"name = '{NAME}'"):
         client.create_registered_model(NAME)
     version = client.create_model_version(NAME, f"runs:/{run.info.run_id}/model", run.info.run_id)
-    register_candidate(client, NAME, version.version, {"kind": "fusion"})
+    register_candidate(client, NAME, version.version, {"kind": "fusion", MODELS_TAG: models})
     return str(version.version)
+
+
+def write_models(content: str) -> str:
+    """A ``models/`` folder in the working directory; its content hash."""
+    paths.MODELS_DIR.mkdir(exist_ok=True)
+    (paths.MODELS_DIR / "classifier.json").write_text(content)
+    return content_sha256(paths.MODELS_DIR)
 
 
 def aliases(client: MlflowClient) -> dict[str, str]:
@@ -51,7 +59,7 @@ def test_a_new_version_becomes_the_candidate(client):
     first = trained_version(client, {"test_uar": 0.6})
     second = trained_version(client, {"test_uar": 0.5})
     assert aliases(client) == {CANDIDATE: second}
-    assert client.get_model_version(NAME, first).tags == {"kind": "fusion"}
+    assert client.get_model_version(NAME, first).tags == {"kind": "fusion", MODELS_TAG: "m"}
 
 
 def test_a_passing_version_becomes_the_champion(client):
@@ -96,16 +104,29 @@ def test_a_version_without_test_metrics_cannot_be_judged(client):
     assert CHAMPION not in aliases(client)
 
 
-def test_the_default_version_is_the_one_this_workspace_trained(client):
+def test_the_default_version_is_the_one_whose_model_is_in_the_workspace(client):
+    mine = write_models('{"kind": "fusion"}')
+    trained_version(client, {"test_uar": 0.9}, models="another model")
+    expected = trained_version(client, {"test_uar": 0.8}, models=mine)
+    trained_version(client, {"test_uar": 0.9}, models="another model")  # registered later
+    assert promote(make_params(), min_uar=0.5) == expected
+    write_models('{"kind": "logreg"}')  # e.g. `dvc exp apply` of another experiment
+    with pytest.raises(
+        RegistryError, match=r"the model in models/ \(sha256 \w{12}\) is no version"
+    ):
+        promote(make_params(), min_uar=0.5)
+
+
+def test_of_versions_with_the_same_bytes_the_newest_with_test_metrics_is_judged(client):
+    mine = write_models('{"kind": "logreg"}')
+    tested = trained_version(client, {"test_uar": 0.8}, models=mine)
+    trained_version(client, {"val_uar": 0.9}, models=mine)  # its evaluate never ran
+    assert promote(make_params(), min_uar=0.5) == tested
+
+
+def test_without_a_model_in_the_workspace_nothing_is_promoted(client):
     trained_version(client, {"test_uar": 0.9})
-    mine = trained_version(client, {"test_uar": 0.8})
-    trained_version(client, {"test_uar": 0.9})  # someone else's, registered later
-    write_json(paths.TRAIN_RUN_ID, {"run_id": "r", "registered_model": NAME, "version": mine})
-    assert promote(make_params(), min_uar=0.5) == mine
-
-
-def test_without_a_trained_version_nothing_is_promoted(client):
-    with pytest.raises(RegistryError, match=r"\.ser/train_run\.json is missing .*--version"):
+    with pytest.raises(RegistryError, match=r"no model in models/ to promote .*--version"):
         promote(make_params())
 
 

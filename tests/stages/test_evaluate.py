@@ -25,8 +25,7 @@ from ser.config import ModelParams
 from ser.metrics import expected_calibration_error
 from ser.models.base import label_indices
 from ser.models.bundle import Classifier
-from ser.ops.atomic import write_json
-from ser.ops.tracking import stage_run
+from ser.ops.tracking import MODELS_TAG, model_tags, stage_run
 from ser.stages.evaluate import run
 
 
@@ -42,8 +41,7 @@ def evaluated(request, mlflow_workspace, trained_models):
         paths.FRAMES_FILE.unlink()  # the model reads no frames: evaluate must not load them
     shutil.copytree(trained_models[kind], paths.MODELS_DIR)
     with stage_run("train", params) as train_run:
-        pass
-    write_json(paths.TRAIN_RUN_ID, {"run_id": train_run.info.run_id})
+        mlflow.set_tags(model_tags())  # as train tags its run
     with sections_read() as read:
         headline = run(params)
     assert read <= declared_sections("evaluate")
@@ -114,6 +112,41 @@ def test_test_metrics_join_the_training_run(evaluated, mlflow_workspace):
     assert any(key.startswith("test_recall_") for key in logged.metrics)
     artifacts = {a.path for a in client.list_artifacts(train_run_id, "evaluation")}
     assert "evaluation/metrics.json" in artifacts
+
+
+def test_every_training_run_of_the_same_model_and_features_gets_the_results(
+    mlflow_workspace, trained_models
+):
+    """Two experiments that trained the same bytes are both scored; another model is not."""
+    params = make_params()
+    write_feature_files(feature_table(params))
+    shutil.copytree(trained_models["logreg"], paths.MODELS_DIR)
+    runs = []
+    for tags in (model_tags(), model_tags(), {**model_tags(), MODELS_TAG: "another model"}):
+        with stage_run("train", params) as train_run:
+            mlflow.set_tags(tags)
+        runs.append(train_run.info.run_id)
+    headline = run(params)
+    client = mlflow.MlflowClient(f"sqlite:///{mlflow_workspace / 'mlflow.db'}")
+    scored = [client.get_run(run_id).data.metrics.get("test_uar") for run_id in runs]
+    assert scored == [pytest.approx(headline["uar"])] * 2 + [None]
+    experiment = client.get_experiment_by_name("ser").experiment_id
+    assert len(client.search_runs([experiment])) == 3  # no run of its own
+
+
+def test_a_model_no_run_trained_gets_an_evaluate_run_tagged_with_it(
+    mlflow_workspace, trained_models
+):
+    """E.g. a model pulled from the DVC remote, trained against another MLflow store."""
+    params = make_params()
+    write_feature_files(feature_table(params))
+    shutil.copytree(trained_models["logreg"], paths.MODELS_DIR)
+    headline = run(params)
+    client = mlflow.MlflowClient(f"sqlite:///{mlflow_workspace / 'mlflow.db'}")
+    (logged,) = client.search_runs([client.get_experiment_by_name("ser").experiment_id])
+    assert logged.data.tags["ser.stage"] == "evaluate"
+    assert {k: logged.data.tags[k] for k in model_tags()} == model_tags()
+    assert logged.data.metrics["test_uar"] == pytest.approx(headline["uar"])
 
 
 def test_predictions_are_the_saved_models(evaluated):

@@ -26,6 +26,7 @@ from ser.models.base import label_indices, section_of
 from ser.models.calibration import fit_calibration
 from ser.models.fitting import train_model
 from ser.ops.atomic import write_json, write_parquet
+from ser.ops.tracking import FEATURES_TAG, MODELS_TAG, content_sha256
 from ser.signal.speech import ClipStats
 from ser.stages import train as train_stage
 from ser.stages.train import chosen_params, run
@@ -199,13 +200,14 @@ def test_stage_saves_model_metrics_curve_and_its_mlflow_run(mlflow_workspace, ki
     assert [row["epoch"] for row in curve] == [str(step) for step in range(1, steps + 1)]
     assert {"loss", "accuracy", "val_uar"} <= set(curve[0])
 
-    assert paths.TRAIN_RUN_ID.as_posix() == ".ser/train_run.json"
-    run_id = json.loads(paths.TRAIN_RUN_ID.read_text())["run_id"]
     client = mlflow.MlflowClient(f"sqlite:///{mlflow_workspace / 'mlflow.db'}")
-    logged = client.get_run(run_id)
+    (logged,) = training_runs(client)
+    run_id = logged.info.run_id
     assert logged.data.tags["ser.stage"] == "train"
-    assert logged.data.metrics["final_val_uar"] == pytest.approx(metrics["val_uar"])
-    prefix = "C_search." if kind == "logreg" else ""  # C candidates are not epochs
+    assert logged.data.tags[MODELS_TAG] == content_sha256(paths.MODELS_DIR)
+    assert logged.data.tags[FEATURES_TAG] == content_sha256(paths.FEATURES, paths.FRAMES_FILE)
+    assert {k: logged.data.metrics[k] for k in metrics} == pytest.approx(metrics)  # DVC's names
+    prefix = "C_search." if kind == "logreg" else "epoch."  # C candidates are not epochs
     for column in set(curve[0]) - {"epoch"}:
         history = client.get_metric_history(run_id, prefix + column)
         assert [m.step for m in history] == list(range(1, steps + 1)), column
@@ -219,15 +221,26 @@ def test_stage_saves_model_metrics_curve_and_its_mlflow_run(mlflow_workspace, ki
         a.path for a in client.list_artifacts(run_id, "tuning")
     } | {a.path for a in client.list_artifacts(run_id)}
 
-    record = json.loads(paths.TRAIN_RUN_ID.read_text())
-    version = client.get_model_version(params.mlflow.registered_model, record["version"])
+    (found,) = client.search_model_versions(f"name = '{params.mlflow.registered_model}'")
+    version = client.get_model_version(found.name, found.version)  # a search has no aliases
     assert version.run_id == run_id
     assert version.aliases == ["candidate"]
     assert version.tags["kind"] == kind
     assert version.tags["dvc.exp_name"] == "workspace"
-    logged_model = client.get_logged_model(record["model_uri"].removeprefix("models:/"))
+    assert version.tags[MODELS_TAG] == logged.data.tags[MODELS_TAG]
+    logged_model = client.get_logged_model(version.source.removeprefix("models:/"))
     assert logged_model.source_run_id == run_id
     assert logged_model.name == "model"
+
+
+def training_runs(client: mlflow.MlflowClient) -> list:
+    """The train stage's runs of experiment ``ser``, newest first."""
+    experiment = client.get_experiment_by_name("ser")
+    return client.search_runs(
+        [experiment.experiment_id],
+        "tags.`ser.stage` = 'train'",
+        order_by=["attributes.start_time DESC"],
+    )
 
 
 def test_a_c_search_is_logged_apart_from_the_chosen_values(mlflow_workspace):
@@ -236,14 +249,12 @@ def test_a_c_search_is_logged_apart_from_the_chosen_values(mlflow_workspace):
     write_json(paths.HYPERPARAMS, {"kind": "logreg", "linear": params.linear.model_dump()})
     metrics = run(params)
     client = mlflow.MlflowClient(f"sqlite:///{mlflow_workspace / 'mlflow.db'}")
-    run_id = json.loads(paths.TRAIN_RUN_ID.read_text())["run_id"]
-    logged = client.get_run(run_id).data
-    assert "C" not in logged.metrics and "val_uar" not in logged.metrics
-    assert logged.metrics["C_search.C"] == 1.0  # the last candidate, under its own name
-    assert len(client.get_metric_history(run_id, "C_search.val_uar")) == 3
-    assert logged.metrics["final_val_uar"] == pytest.approx(metrics["val_uar"])
-    assert logged.metrics["final_C"] == metrics["C"]
-    assert logged.params["chosen.C"] == str(metrics["C"])
+    (logged,) = training_runs(client)
+    assert logged.data.metrics["C_search.C"] == 1.0  # the last candidate, under its own name
+    assert len(client.get_metric_history(logged.info.run_id, "C_search.val_uar")) == 3
+    assert logged.data.metrics["val_uar"] == pytest.approx(metrics["val_uar"])
+    assert logged.data.metrics["C"] == metrics["C"] != 1.0
+    assert logged.data.params["chosen.C"] == str(metrics["C"])
 
 
 def test_the_temperature_is_fitted_on_validation_rows_and_the_reference_written(
@@ -278,3 +289,34 @@ def test_the_temperature_is_fitted_on_validation_rows_and_the_reference_written(
     assert answered.sum() == len(val_rows)  # the answers are validation speakers' only
     assert set(reference.loc[answered, "label"]) <= set(EMOTIONS)
     assert (reference["snr_db"] == 35.0).all()
+
+
+def test_a_model_trained_again_gets_the_test_metrics_of_the_same_bytes(mlflow_workspace):
+    """DVC skips evaluate when a new training run makes the bytes of a scored model."""
+    params = kind_params("logreg")
+    write_feature_files(feature_table(params))
+    write_json(paths.HYPERPARAMS, {"kind": "logreg", "linear": params.linear.model_dump()})
+    run(params)
+    client = mlflow.MlflowClient(f"sqlite:///{mlflow_workspace / 'mlflow.db'}")
+    (first,) = training_runs(client)
+    assert not any(name.startswith("test_") for name in first.data.metrics)  # not scored yet
+    run(params)
+    second = training_runs(client)[0]
+    assert not any(name.startswith("test_") for name in second.data.metrics)
+
+    client.log_metric(first.info.run_id, "test_uar", 0.61)  # as evaluate logs it
+    client.log_metric(first.info.run_id, "test_recall_sad", 0.5)
+    run(params)
+    third = training_runs(client)[0]
+    assert third.data.tags[MODELS_TAG] == first.data.tags[MODELS_TAG]
+    assert {k: v for k, v in third.data.metrics.items() if k.startswith("test_")} == {
+        "test_uar": 0.61,
+        "test_recall_sad": 0.5,
+    }
+    assert third.data.tags["ser.test_metrics_from"] == first.info.run_id
+
+    write_feature_files(feature_table(params, seed=1))  # other features: another model
+    run(params)
+    other = training_runs(client)[0]
+    assert other.data.tags[MODELS_TAG] != first.data.tags[MODELS_TAG]
+    assert "test_uar" not in other.data.metrics

@@ -3,7 +3,9 @@
 DVC's page loads Vega, Vega-Lite and Vega-Embed from a CDN, so offline it is blank. This
 writes DVC's own page with those libraries inlined instead, from the bundle that the
 vl-convert-python package ships, to the file ``.dvc/config``'s ``plots.html_template``
-names (`make install` does it; the file is git-ignored, regenerated from the package).
+names. The page is committed, so `dvc plots show` works right after `git clone`;
+``python -m ser.ops.plots_page`` writes it again after an update of vl-convert-python or
+dvc-render (``tests/ops/test_plots_page.py`` fails until then).
 """
 
 from __future__ import annotations
@@ -79,6 +81,6 @@ def write_offline_page(repo_root: Path) -> Path:
     return target
 
 
-if __name__ == "__main__":  # `python -m ser.ops.plots_page`, as `make install` runs it
+if __name__ == "__main__":  # `python -m ser.ops.plots_page` refreshes the committed page
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     write_offline_page(Path.cwd())

@@ -1,4 +1,9 @@
-"""``ser remote``: ``dvc push``, ``pull`` and ``status -c`` bounded in time, failing in one line.
+"""``ser remote``: ``dvc push``, ``pull`` and ``status -c`` bounded in time, failing in one line,
+and ``setup``, which makes a bucket this clone's default remote.
+
+The committed ``.dvc/config`` names no remote, so a fresh clone's commands never try to
+reach one; ``ser remote setup gs://BUCKET/PATH`` writes the remote to the git-ignored
+``.dvc/config.local``, with ``verify`` on.
 
 DVC has no timeout for Google Cloud Storage: with the bucket unreachable, gcsfs retries
 for half a minute to minutes and ends in a traceback. Here the endpoint is probed first
@@ -6,7 +11,7 @@ for half a minute to minutes and ends in a traceback. Here the endpoint is probe
 :class:`RemoteError` line; dvc's own log goes to ``.dvc/tmp/ser-remote.log``.
 
 A pull is ``dvc fetch`` then ``dvc checkout``. With the remote's ``verify`` option (on for
-``gcs`` in the committed ``.dvc/config``) dvc rehashes each download and silently deletes
+a remote that ``setup`` wrote) dvc rehashes each download and silently deletes
 one that does not match; plain ``dvc pull`` then fails at checkout with "Is your cache up
 to date?" and removes the whole output it could not complete. Here such a fetch stops the
 pull before checkout, naming the files, so the workspace is left as it was.
@@ -33,6 +38,7 @@ from ser.errors import SerError
 log = logging.getLogger(__name__)
 
 ACTIONS = {"push": ["push"], "status": ["status", "--cloud"]}  # a pull: fetch, then checkout
+DEFAULT_NAME = "gcs"
 TIMEOUT_ENV = "SER_REMOTE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0  # a whole push or pull of the RAVDESS-sized data, with room to spare
 PROBE_TIMEOUT_S = 10.0
@@ -87,7 +93,9 @@ def resolve_remote(name: str | None = None) -> Remote:
         raise RemoteError(f"{Path.cwd()} is not inside a DVC repository")
     name = name or config["core"].get("remote")
     if not name:
-        raise RemoteError("no DVC remote is set; see docs/gcs.md (dvc remote add -d ...)")
+        raise RemoteError(
+            "no DVC remote is set: `ser remote setup gs://BUCKET/PATH` names yours (docs/gcs.md)"
+        )
     if name not in config["remote"]:
         raise RemoteError(f"no DVC remote named {name!r}; known: {sorted(config['remote'])}")
     settings = config["remote"][name]
@@ -306,3 +314,47 @@ def run(
     else:
         command = ["dvc", *ACTIONS[action], "--remote", remote.name, *targets]
         run_dvc(command, env, _remaining(deadline), log_path)
+
+
+def setup(
+    url: str,
+    name: str = DEFAULT_NAME,
+    endpoint: str | None = None,
+    anonymous: bool = False,
+    credentials: Path | None = None,
+    project: str | None = None,
+) -> Path:
+    """Make ``url`` (``gs://BUCKET/PATH``) the default DVC remote ``name`` of this clone.
+
+    Written to ``.dvc/config.local`` (git-ignored: a bucket, an emulator's ``endpoint`` and a
+    key file belong to one machine) with ``verify`` on, replacing a remote of that name.
+    ``anonymous`` is for an emulator, which needs no Google credentials. Returns the file.
+    """
+    from dvc.config import Config, ConfigError
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "gs" or not parts.netloc:
+        raise RemoteError(
+            f"{url!r} is not a Cloud Storage location gs://BUCKET/PATH (a folder remote: "
+            "dvc remote add --local -d NAME PATH, docs/gcs.md)"
+        )
+    settings = {"url": url, "verify": "true"}
+    optional = {
+        "endpointurl": endpoint,
+        "allow_anonymous_login": "true" if anonymous else None,
+        "credentialpath": str(credentials.resolve()) if credentials else None,
+        "projectname": project,
+    }
+    settings |= {key: value for key, value in optional.items() if value}
+    try:
+        config = Config.from_cwd()
+        if config.dvc_dir is None:
+            raise RemoteError(f"{Path.cwd()} is not inside a DVC repository")
+        with config.edit("local") as local:
+            local["remote"][name] = settings
+            local.setdefault("core", {})["remote"] = name
+    except ConfigError as error:
+        raise RemoteError(f"DVC configuration: {error}") from None
+    written = Path(config.files["local"])
+    log.info("remote %r is %s (verified downloads), written to %s", name, url, written)
+    return written

@@ -1,9 +1,17 @@
-"""MLflow runs for every stage, tagged with the git commit, DVC experiment and data version."""
+"""MLflow runs for every stage, tagged with the git commit, DVC experiment and data version.
+
+Runs about a model also carry the content hashes of the model and of the features it is
+scored on (:func:`model_tags`), so that the runs of a model are found by what it is, never
+by a record of which run made it: DVC may skip a stage or restore it from its run cache.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,12 +21,17 @@ from pathlib import Path
 import mlflow
 import yaml
 
+from ser import paths
 from ser.config import Params, flatten
 from ser.paths import workspace_root
 
 log = logging.getLogger(__name__)
 
 RAW_DATA_DVC = Path("data/raw.dvc")
+MODELS_TAG = "ser.models_sha256"
+"""The content hash of the ``models/`` folder a run trained, scored or registered."""
+FEATURES_TAG = "ser.features_sha256"
+"""The content hash of the feature files (vectors and frames) the model was scored on."""
 
 
 def tracking_uri() -> str:
@@ -45,6 +58,29 @@ def data_version(dvc_file: Path = RAW_DATA_DVC) -> str:
     return str(outs[0].get("md5", "unknown"))
 
 
+def content_sha256(*files_or_folders: Path) -> str:
+    """One SHA-256 of the names and bytes of the files given, or under the folders given
+    (named by their path inside the folder); missing paths are left out. Equal content,
+    equal hash, wherever it lives or however DVC linked it there."""
+    digest = hashlib.sha256()
+    for path in files_or_folders:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in filter(Path.is_file, files):
+            name = file.relative_to(path) if path.is_dir() else Path(file.name)
+            with file.open("rb") as handle:
+                content = hashlib.file_digest(handle, "sha256").hexdigest()
+            digest.update(f"{name.as_posix()}\0{content}\n".encode())
+    return digest.hexdigest()
+
+
+def model_tags() -> dict[str, str]:
+    """:data:`MODELS_TAG` and :data:`FEATURES_TAG` of the workspace's model and features."""
+    return {
+        MODELS_TAG: content_sha256(paths.MODELS_DIR),
+        FEATURES_TAG: content_sha256(paths.FEATURES, paths.FRAMES_FILE),
+    }
+
+
 def run_tags(stage: str) -> dict[str, str]:
     """Tags that tie a run to the code, the DVC experiment and the data it used."""
     return {
@@ -57,12 +93,14 @@ def run_tags(stage: str) -> dict[str, str]:
 
 
 def connect() -> None:
-    """Point MLflow at the tracking store."""
+    """Point MLflow at the tracking store (moved with its folder: :func:`relocate`)."""
+    uri = tracking_uri()
     embedded = not os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(uri)
     if embedded:
         # set_tracking_uri exports the variable; the default must follow the working directory
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+    relocate(uri)
 
 
 def artifact_root(uri: str) -> str | None:
@@ -72,6 +110,54 @@ def artifact_root(uri: str) -> str | None:
     if not uri.startswith("sqlite:///"):
         return None
     return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
+ARTIFACT_COLUMNS = {
+    "experiments": ("artifact_location",),
+    "runs": ("artifact_uri",),
+    "logged_models": ("artifact_location",),
+    "model_versions": ("source", "storage_location"),
+}
+"""The columns of MLflow's SQL schema that hold artifact locations."""
+
+
+def relocate(uri: str) -> None:
+    """Point a SQLite store's artifact locations at the folder beside it again, after the
+    store and its ``mlartifacts/`` were moved or copied together (a checkout moved, copied,
+    or cloned with them).
+
+    MLflow records absolute ``file://`` locations and has no API to change an experiment's;
+    this rewrites the locations of the experiments :func:`artifact_root` placed, that is
+    ``file://<folder>/mlartifacts`` of some other folder, in :data:`ARTIFACT_COLUMNS`.
+    """
+    here = artifact_root(uri)
+    database = Path(uri.removeprefix("sqlite:///"))
+    if here is None or not database.is_file():
+        return
+    with contextlib.closing(sqlite3.connect(database, timeout=60)) as store, store:
+        tables = {name for (name,) in store.execute("SELECT name FROM sqlite_master")}
+        if "experiments" not in tables:
+            return  # not initialised yet
+        moved = {
+            location
+            for (location,) in store.execute("SELECT artifact_location FROM experiments")
+            if location.startswith("file://") and location.endswith("/mlartifacts")
+        } - {here}
+        for old in moved:
+            for table, column in (
+                (table, column)
+                for table, columns in ARTIFACT_COLUMNS.items()
+                if table in tables
+                for column in columns
+            ):
+                store.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?)"
+                    f" WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                    (here, len(old) + 1, old, len(old) + 1, f"{old}/"),
+                )
+            log.info(
+                "MLflow store %s moved: artifacts of %s are now read from %s", database, old, here
+            )
 
 
 def use_experiment(name: str) -> None:
@@ -112,6 +198,18 @@ def stage_run(stage: str, params: Params, run_id: str | None = None) -> Iterator
     with mlflow.start_run(run_name=name, tags=run_tags(stage)) as run:
         mlflow.log_params(flatten(params))
         yield run
+
+
+def runs_tagged(tags: dict[str, str], experiment: str) -> list[mlflow.entities.Run]:
+    """The runs of ``experiment`` that carry every one of ``tags``, newest first."""
+    connect()
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    return mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=query,
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
 
 
 def _run_exists(run_id: str) -> bool:

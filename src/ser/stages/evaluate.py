@@ -19,8 +19,8 @@ from ser.metrics import (
 )
 from ser.models.base import FRAMES_INPUT, label_indices
 from ser.models.bundle import Classifier
-from ser.ops.atomic import read_json, write_json, write_with
-from ser.ops.tracking import stage_run
+from ser.ops.atomic import write_json, write_with
+from ser.ops.tracking import model_tags, runs_tagged, stage_run
 from ser.serve.gate import scoped
 from ser.table.store import load_rows, select
 
@@ -28,7 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def run(params: Params) -> dict[str, float]:
-    """Score the saved model on the test speakers and add the results to the training run."""
+    """Score the saved model on the test speakers and add the results to its training runs.
+
+    Those are the runs of the same model (by content) on the same features: two experiments
+    that trained the same bytes both get them. With none (a model trained against another
+    MLflow store), the results go to a run of their own.
+    """
     classifier = Classifier.load(paths.MODELS_DIR)
     rows = select(load_rows(with_frames=FRAMES_INPUT in classifier.inputs), "test")
     uncalibrated = classifier.model.predict_proba(rows)
@@ -71,22 +76,24 @@ def run(params: Params) -> dict[str, float]:
         paths.RELIABILITY_PNG,
     )
 
-    run_id = read_json(paths.TRAIN_RUN_ID)["run_id"] if paths.TRAIN_RUN_ID.is_file() else None
-    with stage_run("evaluate", params, run_id=run_id):
-        mlflow.set_tag("features.speaker_norm", classifier.features.speaker_norm)
-        mlflow.log_metrics(scoped(scope, headline))
-        mlflow.log_metrics(
-            {f"{scope}_recall_{k}": v["recall"] for k, v in details["per_class"].items()}
-        )
-        for path in (
-            paths.METRICS,
-            paths.EVALUATION,
-            paths.CONFUSION_PNG,
-            paths.PREDICTIONS,
-            paths.RELIABILITY,
-            paths.RELIABILITY_PNG,
-        ):
-            mlflow.log_artifact(str(path), "evaluation")
+    tags = model_tags()
+    runs = runs_tagged(tags, params.mlflow.experiment)  # this model's, on these features
+    for run_id in [found.info.run_id for found in runs] or [None]:
+        with stage_run("evaluate", params, run_id=run_id):
+            mlflow.set_tags({**tags, "features.speaker_norm": classifier.features.speaker_norm})
+            mlflow.log_metrics(scoped(scope, headline))
+            mlflow.log_metrics(
+                {f"{scope}_recall_{k}": v["recall"] for k, v in details["per_class"].items()}
+            )
+            for path in (
+                paths.METRICS,
+                paths.EVALUATION,
+                paths.CONFUSION_PNG,
+                paths.PREDICTIONS,
+                paths.RELIABILITY,
+                paths.RELIABILITY_PNG,
+            ):
+                mlflow.log_artifact(str(path), "evaluation")
     log.info(
         "test UAR %.3f, accuracy %.3f, macro-F1 %.3f, ECE %.3f (uncalibrated %.3f) on %d clips",
         headline["uar"],

@@ -23,9 +23,9 @@ from ser.models.bundle import Classifier
 from ser.models.calibration import calibration_metrics, fit_calibration
 from ser.models.fitting import train_model
 from ser.ops.atomic import read_json, write_json, write_with
-from ser.ops.tracking import stage_run
+from ser.ops.tracking import model_tags, stage_run
 from ser.serve.inference_log import write_reference
-from ser.serve.registry import register_trained_model
+from ser.serve.registry import inherit_test_metrics, register_trained_model
 from ser.table.store import load_rows, select
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,13 @@ def write_curve(target: Path, rows: list[dict[str, float]]) -> None:
 
 
 def curve_metrics(row: dict[str, float]) -> dict[str, float]:
-    """One curve row as MLflow metrics at its step.
+    """One curve row as MLflow metrics at its step, apart from the run's own metrics.
 
-    A network's row is an epoch (``loss``, ``val_uar``, …). A linear kind's row is a C
-    candidate: it goes under ``C_search.``, so the run's ``C`` and ``val_*`` never show
-    the last candidate instead of the chosen one (``final_*`` and ``chosen.*`` are that).
+    A network's row is an epoch (``epoch.loss``, ``epoch.val_uar``, …), a linear kind's a C
+    candidate (``C_search.C``, ``C_search.val_uar``): the run's ``val_uar``, ``C`` and the
+    rest are the chosen model's, under the names of ``reports/train.json``.
     """
-    prefix = "C_search." if "C" in row else ""
+    prefix = "C_search." if "C" in row else "epoch."
     return {f"{prefix}{k}": v for k, v in row.items() if k != "epoch"}
 
 
@@ -75,7 +75,9 @@ def run(params: Params) -> dict[str, float]:
     """Train the chosen kind on the training speakers, save ``models/`` and validation metrics.
 
     The MLflow run gets the model as an MLflow Model, registered as a new version of
-    ``mlflow.registered_model`` with alias ``candidate`` (``ser promote`` judges it).
+    ``mlflow.registered_model`` with alias ``candidate`` (``ser promote`` judges it), and
+    the test metrics of the same model on the same features when an earlier run has them
+    (DVC then skips ``evaluate``, whose inputs are unchanged).
     """
     params = chosen_params(params)
     kind = kind_named(params.model.kind)
@@ -114,11 +116,13 @@ def run(params: Params) -> dict[str, float]:
             classifier,
         )
         write_json(paths.TRAIN_METRICS, metrics)
-        mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
+        mlflow.log_metrics(metrics)
+        tags = model_tags()
+        mlflow.set_tags(tags)
         mlflow.log_artifact(str(paths.HYPERPARAMS), "tuning")
         mlflow.log_artifact(str(paths.TRAINING_CURVE))
-        version = register_trained_model(paths.MODELS_DIR, params, run.info.run_id, metrics)
-        write_json(paths.TRAIN_RUN_ID, {"run_id": run.info.run_id, **version})
+        register_trained_model(paths.MODELS_DIR, params, run.info.run_id, metrics, tags)
+        inherit_test_metrics(tags, params.mlflow.experiment)
     log.info(
         "%s: validation UAR %.3f, accuracy %.3f (%s)",
         kind.name,
