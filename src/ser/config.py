@@ -82,7 +82,7 @@ class AugmentParams(_Section):
     rt60: tuple[float, float] = (0.15, 1.0)
     band_low_hz: tuple[float, float] = (150.0, 500.0)
     band_high_hz: tuple[float, float] = (2800.0, 4200.0)
-    codec_bits: tuple[int, int] = (6, 12)
+    codec_kbps: tuple[int, int] = (8, 32)
     level_db: tuple[float, float] = (-40.0, 0.0)
     clip_percentile: tuple[int, int] = (0, 20)
     pitch_semitones: tuple[float, float] = (-2.0, 2.0)
@@ -96,7 +96,7 @@ class AugmentParams(_Section):
             "rt60",
             "band_low_hz",
             "band_high_hz",
-            "codec_bits",
+            "codec_kbps",
             "level_db",
             "clip_percentile",
             "pitch_semitones",
@@ -107,8 +107,8 @@ class AugmentParams(_Section):
             raise ValueError("stretch_rate and rt60 must be positive")
         if self.band_low_hz[1] >= self.band_high_hz[0]:
             raise ValueError("band_low_hz must lie below band_high_hz")
-        if not 1 <= self.codec_bits[0] <= 32 or not 0 <= self.clip_percentile[1] < 100:
-            raise ValueError("codec_bits must lie in [1, 32] and clip_percentile in [0, 100)")
+        if not 8 <= self.codec_kbps[0] <= 320 or not 0 <= self.clip_percentile[1] < 100:
+            raise ValueError("codec_kbps must lie in [8, 320] and clip_percentile in [0, 100)")
         if any(not recipe for recipe in self.copies):
             raise ValueError("copies: each recipe needs at least one kind")
         return self

@@ -142,3 +142,11 @@ def test_the_training_rooms_reverberate_for_the_times_asked_and_are_the_same_eve
     np.testing.assert_allclose(measured, np.linspace(0.2, 0.9, TRAINING_ROOMS), rtol=0.1)
     training_rooms.cache_clear()
     np.testing.assert_array_equal(bank[5], training_rooms(7, (0.2, 0.9), SAMPLE_RATE)[5])
+
+
+def test_a_codec_copy_keeps_a_quiet_clip_audible():
+    quiet = voice() * 0.01  # about -50 dBFS: a plain bit crusher would round it to silence
+    coded = augmented(["codec"], quiet, codec_kbps=(8, 8))
+    assert len(coded) == len(quiet)
+    assert power_db(coded) == pytest.approx(power_db(quiet), abs=3.0)
+    assert not np.allclose(coded, quiet, atol=1e-4)

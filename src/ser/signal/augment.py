@@ -1,7 +1,7 @@
 """Seeded waveform augmentation of training clips, as recordings off the studio microphone
-sound: coloured noise, another talker, a room, a narrow channel, fewer bits, a quieter level,
-clipping, another pitch or tempo (audiomentations; rooms are a bank of random shoeboxes
-simulated once by pyroomacoustics, image sources plus ray tracing).
+sound: coloured noise, another talker, a room, a narrow channel, a low-bitrate codec, a
+quieter level, clipping, another pitch or tempo (audiomentations; rooms are a bank of
+random shoeboxes, image sources by pyroomacoustics and a seeded reverberant tail).
 
 A copy is made from the decoded clip before it is trimmed and normalised, so conditioning
 meets the copy as it would meet such a recording. Each recipe (``augment.copies``) chains
@@ -120,7 +120,8 @@ def _transform(kind: AugmentKind, params: AugmentParams, talkers: Sequence[str])
             [au.HighPassFilter(low_min, low_max, p=1), au.LowPassFilter(high_min, high_max, p=1)]
         )
     if kind == "codec":
-        return au.BitCrush(*params.codec_bits, p=1)
+        low, high = params.codec_kbps
+        return au.Mp3Compression(low, high, backend="fast-mp3-augment", p=1)
     if kind == "level":
         return au.Gain(*params.level_db, p=1)
     if kind == "clip":
