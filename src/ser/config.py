@@ -82,7 +82,7 @@ class AugmentParams(_Section):
     rt60: tuple[float, float] = (0.15, 1.0)
     band_low_hz: tuple[float, float] = (150.0, 500.0)
     band_high_hz: tuple[float, float] = (2800.0, 4200.0)
-    codec_kbps: tuple[int, int] = (8, 32)
+    codec_kbps: tuple[int, int] = (8, 16)
     level_db: tuple[float, float] = (-40.0, 0.0)
     clip_percentile: tuple[int, int] = (0, 20)
     pitch_semitones: tuple[float, float] = (-2.0, 2.0)
