@@ -3,12 +3,14 @@
 # `git` and `ser`. `docker compose build` builds it; docs/docker.md says what was checked here.
 FROM apache/airflow:3.3.2-python3.11
 
-# The dependencies first, read from pyproject.toml alone, so that a code change reuses this layer.
-# Pinning apache-airflow to the image's own version (AIRFLOW_VERSION, set by the base image) keeps
-# pip from moving it. The base image installs as the non-root user `airflow`, and so do we.
-COPY --chown=airflow:0 pyproject.toml /opt/ser/pyproject.toml
+# The dependencies first, read from pyproject.toml and installed at the versions requirements.lock
+# pins (the ones `make install` installs), so that a code change reuses this layer. Pinning
+# apache-airflow to the image's own version (AIRFLOW_VERSION, set by the base image, which
+# tests/test_lock.py checks against the lock) keeps pip from moving it. The base image installs
+# as the non-root user `airflow`, and so do we.
+COPY --chown=airflow:0 pyproject.toml requirements.lock /opt/ser/
 RUN python -c "import tomllib; print(*tomllib.load(open('/opt/ser/pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/requirements.txt \
-    && pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/requirements.txt \
+    && pip install --no-cache-dir -c /opt/ser/requirements.lock "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # The package itself (the `ser` command the stages of dvc.yaml run); README.md is its long description.

@@ -3,15 +3,37 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
 export PATH := $(BIN):$(PATH)
 
 .PHONY: install data repro test lint mlflow-ui benchmark benchmark-accuracy
 
-$(STAMP): pyproject.toml
+# every package at the version requirements.lock pins (docs/reproducibility.md), then the project
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev,airflow]"
+	$(BIN)/python -m pip install -r $(LOCK)
+	$(BIN)/python -m pip install --no-deps -e .
+	$(BIN)/python -m pip check
 	touch $@
+
+# requirements.lock: what pyproject.toml asks for (dev and airflow extras included) and all that
+# it needs, for Python 3.11 on x86-64 Linux, resolved by uv from PyPI. `make lock` keeps the
+# versions the lock already pins and adds or drops what pyproject.toml changed; `make lock-upgrade`
+# moves every package to its newest release that pyproject.toml allows.
+LOCK_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --extra airflow \
+	--python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--custom-compile-command "make lock" --quiet --output-file $(LOCK)
+.PHONY: lock lock-upgrade
+$(BIN)/uv:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$$(grep '^uv==' $(LOCK))"
+
+lock: $(BIN)/uv  ## pin what pyproject.toml asks for in requirements.lock (the next make installs it)
+	$(LOCK_COMPILE)
+
+lock-upgrade: $(BIN)/uv  ## requirements.lock with every package at its newest allowed release
+	$(LOCK_COMPILE) --upgrade
 
 # the page `dvc plots show` fills (.dvc/config: plots.html_template), charting libraries inlined
 PLOTS_PAGE := .dvc/plots/offline.html
@@ -62,6 +84,13 @@ benchmark: install  ## speed figures on the shared RAVDESS (see README)
 # linear_svm on ComParE is left out: its calibrated fit takes over 10 minutes a fold (README)
 benchmark-accuracy: install  ## grouped k-fold CV by speaker, model kinds x feature sets (see README)
 	python benchmarks/accuracy.py --sets compare --kinds fusion seed_cnn logreg
+
+.PHONY: benchmark-seeds golden
+benchmark-seeds: install  ## after `make repro`: test UAR of its training over 5 seeds (docs/reproducibility.md)
+	python benchmarks/seed_spread.py
+
+golden: install  ## rewrite tests/golden/tiny_pipeline.json after an intended change of outputs
+	python tests/test_reproducibility.py
 
 .PHONY: benchmark-serving
 benchmark-serving: install  ## `mlflow models serve` of models/ on 127.0.0.1 under load: p50/p95 latency, clips/s (see README)

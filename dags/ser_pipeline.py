@@ -48,12 +48,13 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Variable, chain, get_current_context, setup, task, teardown
+from airflow.sdk import DAG, chain, get_current_context, setup, task, teardown
 from airflow.sdk.exceptions import AirflowFailException
 
 from ser import paths
 from ser.config import DEFAULT_PARAMS, load_params
 from ser.errors import SerError
+from ser.ops.airflow_settings import setting
 from ser.serve import gate
 
 log = logging.getLogger(__name__)
@@ -62,18 +63,6 @@ DAG_ID = "ser_pipeline"
 HOME_REPOSITORY = Path(__file__).resolve().parents[1]
 COMMITTER = ("Airflow ser_pipeline", "ser_pipeline@airflow.invalid")
 """Who commits the experiments, should the worker have no git identity."""
-
-
-def setting(name: str, default: str | None = None, env: str | None = None) -> str | None:
-    """Airflow Variable ``ser_<name>``, else environment variable ``env`` (``SER_<NAME>``), else ``default``.
-
-    Without a metadata database (e.g. ``DagBag`` in tests) only ``AIRFLOW_VAR_*``
-    environment variables are seen as Variables, so parsing never fails.
-    """
-    value = Variable.get(f"ser_{name}", default=None)
-    if not value:
-        value = os.environ.get(env or f"SER_{name.upper()}")
-    return value or default
 
 
 def work_dir() -> Path:

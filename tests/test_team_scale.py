@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import mlflow
@@ -342,3 +343,22 @@ def test_two_workers_in_separate_workspaces_fill_one_postgresql_study(
     )
     assert json.loads((here / paths.HYPERPARAMS).read_text())["kind"] == "seed_cnn"
     assert not (elsewhere / paths.HYPERPARAMS).exists()  # a worker writes no outputs
+
+
+def test_the_inference_log_goes_to_postgresql_when_configured(postgres: Postgres) -> None:
+    """``SER_INFERENCE_LOG=postgresql://…``: the same records as the Parquet log, in a table."""
+    from test_inference_log import MODEL, SCHEMA, answers
+
+    from ser.serve.inference_log import REFUSED, InferenceLog, sink_for
+
+    url = postgres.create_database("inference")
+    log = InferenceLog(sink_for(url), MODEL, "serve")
+    log.record(answers())
+    log.close()
+    assert (log.written, log.lost) == (3, 0)
+    now = datetime.now(UTC)
+    read = sink_for(url).read(now - timedelta(hours=1), now + timedelta(seconds=1))
+    assert list(read.columns) == SCHEMA.names
+    assert read["label"].tolist() == ["angry", "no_speech", REFUSED]
+    assert read["p_angry"].iloc[0] == pytest.approx(0.6)
+    assert sink_for(url).read(now - timedelta(days=2), now - timedelta(days=1)).empty

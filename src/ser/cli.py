@@ -9,13 +9,17 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from ser import paths
 from ser.config import DEFAULT_PARAMS, load_params
 from ser.errors import SerError
+from ser.ops.kernels import pin_numeric_kernels
 
 log = logging.getLogger("ser")
+
+LOG_ENV = "SER_INFERENCE_LOG"  # ser.serve.inference_log.LOG_ENV, without its imports
 
 STAGES = ("preprocess", "tune", "train", "evaluate")
 QUIET_LOGGERS = ("mlflow", "alembic", "absl", "h5py", "numba", "matplotlib")
@@ -33,11 +37,13 @@ class Command:
 
 def run_stage(args: argparse.Namespace) -> None:
     params = load_params(args.params)  # validated before the stage's heavy imports
+    pin_numeric_kernels()  # before numpy loads: the same numbers on any x86-64-v3 machine
     importlib.import_module(f"ser.stages.{args.command}").run(params)
 
 
 def run_tune(args: argparse.Namespace) -> None:
     params = load_params(args.params)
+    pin_numeric_kernels()
     from ser.stages import tune
 
     if args.worker is None:
@@ -83,7 +89,10 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
 def predict(args: argparse.Namespace) -> int:
     from ser.serve.predict import write_predictions
 
-    return 1 if write_predictions(args.inputs, args.model, args.json) else 0
+    destination = None
+    if args.log is not None:  # --log alone: $SER_INFERENCE_LOG, else monitor.log of the params
+        destination = args.log or os.environ.get(LOG_ENV) or load_params(args.params).monitor.log
+    return 1 if write_predictions(args.inputs, args.model, args.json, log_to=destination) else 0
 
 
 def predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +105,55 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
+    parser.add_argument(
+        "--log",
+        nargs="?",
+        const="",
+        metavar="DEST",
+        help="also record each answer in the inference log: a folder or a postgresql:// URL "
+        f"(alone: ${LOG_ENV}, else monitor.log of the params; docs/monitoring.md)",
+    )
+
+
+def monitor(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    from ser.ops.tracking import stage_run
+    from ser.serve.monitor import monitor as judge_window
+
+    verdict = judge_window(
+        params.monitor, args.reference, args.out, args.log or os.environ.get(LOG_ENV), args.end
+    )
+    import mlflow
+
+    with stage_run("monitor", params):
+        mlflow.log_metrics(verdict.mlflow_metrics())
+        for name in ("monitor.json", "monitor.html"):
+            if (args.out / name).is_file():
+                mlflow.log_artifact(str(args.out / name), "monitor")
+    return 1 if verdict.drift else 0
+
+
+def monitor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log",
+        metavar="DEST",
+        help=f"the inference log: a folder or a postgresql:// URL (default: ${LOG_ENV}, else "
+        "monitor.log of the params)",
+    )
+    parser.add_argument(
+        "--end",
+        type=datetime.fromisoformat,
+        help="end of the window, ISO 8601 (default: now; the window is monitor.window_days)",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=paths.MONITOR_REFERENCE,
+        help="what the window is compared with (default: %(default)s, written by train)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=paths.MONITOR_DIR, help="report folder (default: %(default)s)"
+    )
 
 
 def promote(args: argparse.Namespace) -> int:
@@ -152,6 +210,12 @@ COMMANDS: dict[str, Command] = {
     ),
     "remote": Command(
         "dvc push / pull / status -c, bounded in time (see docs/gcs.md)", remote, remote_arguments
+    ),
+    "monitor": Command(
+        "compare a window of the inference log with the training data (exit 1 on drift; "
+        "docs/monitoring.md)",
+        monitor,
+        monitor_arguments,
     ),
 }
 

@@ -309,6 +309,34 @@ class EvaluateParams(_Section):
     )
 
 
+class SpeechParams(_Section):
+    """The speech gate (``ser.signal.speech``): how much speech a clip must hold to be
+    answered, judged by a voice-activity detector on the audio as given."""
+
+    threshold: float = Field(0.3, gt=0, lt=1)
+    min_speech_seconds: float = Field(0.15, ge=0)
+
+
+class CalibrationParams(_Section):
+    """Temperature scaling fitted on validation speakers, and the optional ``uncertain`` answer."""
+
+    enabled: bool = True
+    uncertain_min_accuracy: float | None = Field(None, gt=0, le=1)
+
+
+class MonitorParams(_Section):
+    """``ser monitor``: where the inference log is, and when a window of it counts as drift."""
+
+    log: str = Field("logs/inference", min_length=1)
+    window_days: float = Field(1.0, gt=0)
+    min_clips: int = Field(30, ge=1)
+    drift_method: str = Field("wasserstein", min_length=1)
+    drift_threshold: float = Field(1.2, gt=0)
+    max_drifted_share: float = Field(0.0, ge=0, le=1)
+    label_drift_threshold: float = Field(0.3, gt=0)
+    max_no_speech_share: float = Field(0.2, ge=0, le=1)
+
+
 class QualityGateParams(_Section):
     """What a model must reach on the test speakers to be promoted (``ser.serve.gate``)."""
 
@@ -338,6 +366,9 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     quality_gate: QualityGateParams = QualityGateParams()
     mlflow: MlflowParams = MlflowParams()
+    speech: SpeechParams = SpeechParams()
+    calibration: CalibrationParams = CalibrationParams()
+    monitor: MonitorParams = MonitorParams()
 
     @model_validator(mode="after")
     def _frames_below_nyquist(self) -> Params:

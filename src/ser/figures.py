@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from ser.ops.atomic import write_with
 
@@ -31,6 +32,21 @@ def plot_confusion(matrix_counts: np.ndarray, labels: list[str], title: str, tar
     )
     axes.set_xticklabels(labels, rotation=45, ha="right")
     axes.set_yticklabels(labels)
+    axes.set_title(title)
+    figure.tight_layout()
+    write_with(target, lambda path: figure.savefig(path, format="png", dpi=120))
+    plt.close(figure)
+
+
+def plot_reliability(curve: pd.DataFrame, title: str, target: Path) -> None:
+    """Accuracy against confidence per bin, before and after calibration, as a PNG."""
+    figure, axes = plt.subplots(figsize=(6, 5.5))
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for column, colour in (("uncalibrated", "tab:red"), ("calibrated", "tab:blue")):
+        shown = curve.dropna(subset=[column])
+        axes.plot(shown["confidence"], shown[column], marker="o", color=colour, label=column)
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy")
+    axes.legend(loc="upper left")
     axes.set_title(title)
     figure.tight_layout()
     write_with(target, lambda path: figure.savefig(path, format="png", dpi=120))

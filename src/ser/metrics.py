@@ -66,3 +66,57 @@ def slice_metrics(rows: pd.DataFrame, predicted: list[str], columns: list[str]) 
         }
         for column in columns
     }
+
+
+CALIBRATION_BINS = 10
+"""Equal-width confidence bins of the expected calibration error and the reliability diagram."""
+
+
+def reliability(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS
+) -> pd.DataFrame:
+    """Per confidence bin (top probability in equal-width bins over [0, 1]): the clips in
+    it, their mean confidence and how often the top class was right (``labels``: indices)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    rows = [
+        {
+            "bin": b,
+            "bin_low": b / bins,
+            "bin_high": (b + 1) / bins,
+            "clips": int(np.sum(index == b)),
+            "confidence": float(confidence[index == b].mean()) if np.any(index == b) else None,
+            "accuracy": float(correct[index == b].mean()) if np.any(index == b) else None,
+        }
+        for b in range(bins)
+    ]
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS
+) -> float:
+    """The clip-weighted mean gap between confidence and accuracy over the bins (ECE)."""
+    table = reliability(probabilities, labels, bins).dropna()
+    gaps = (table["confidence"] - table["accuracy"]).abs()
+    return float((gaps * table["clips"]).sum() / max(1, table["clips"].sum()))
+
+
+def reliability_curve(
+    uncalibrated: np.ndarray, calibrated: np.ndarray, labels: np.ndarray
+) -> pd.DataFrame:
+    """The reliability diagram's data, one row per confidence bin: its middle (``confidence``,
+    also ``perfect``: what a calibrated model's accuracy would be) and the accuracy of the
+    clips in it before and after calibration (empty where a bin has no clip)."""
+    before, after = reliability(uncalibrated, labels), reliability(calibrated, labels)
+    return pd.DataFrame(
+        {
+            "confidence": (before["bin_low"] + before["bin_high"]) / 2,
+            "perfect": (before["bin_low"] + before["bin_high"]) / 2,
+            "uncalibrated": before["accuracy"],
+            "calibrated": after["accuracy"],
+            "clips_uncalibrated": before["clips"],
+            "clips_calibrated": after["clips"],
+        }
+    )

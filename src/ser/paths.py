@@ -6,6 +6,7 @@ from pathlib import Path
 MANIFEST = Path("data/processed/manifest.parquet")
 FEATURES = Path("data/processed/features.parquet")
 FRAMES_FILE = Path("data/processed/frames.npz")
+CLIP_STATS = Path("data/processed/clip_stats.parquet")  # what each clip sounds like (speech gate)
 PREPROCESS_REPORT = Path("reports/preprocess.json")
 
 TUNING_DIR = Path("tuning")
@@ -22,6 +23,11 @@ METRICS = Path("reports/metrics.json")
 EVALUATION = Path("reports/evaluation.json")
 PREDICTIONS = Path("reports/predictions.csv")
 CONFUSION_PNG = Path("reports/confusion_matrix.png")
+RELIABILITY = Path("reports/reliability.csv")  # calibration before/after, for dvc plots
+RELIABILITY_PNG = Path("reports/reliability.png")
+
+MONITOR_REFERENCE = MODELS_DIR / "monitor_reference.parquet"  # what ser monitor compares with
+MONITOR_DIR = Path("reports/monitor")  # ser monitor's HTML report and JSON summary
 
 
 def workspace_root() -> Path:

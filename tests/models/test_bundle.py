@@ -139,8 +139,18 @@ def test_an_unknown_kind_is_refused_naming_the_file(trained_models, tmp_path):
 def test_classifier_json_holds_the_kind_and_the_feature_configuration(trained_models):
     params = make_params()
     config = json.loads((trained_models["spectrogram_cnn"] / CLASSIFIER_FILE).read_text())
-    assert set(config) == {"kind", "classes", "audio", "features", "frames"}
+    assert set(config) == {
+        "kind",
+        "classes",
+        "audio",
+        "features",
+        "frames",
+        "speech",
+        "calibration",
+    }
     assert config["kind"] == "spectrogram_cnn"
+    assert config["speech"] == params.speech.model_dump(mode="json")
+    assert config["calibration"] == {"temperature": 1.0, "uncertain_below": None}
     assert config["classes"] == list(EMOTIONS)
     assert AudioParams(**config["audio"]) == params.audio
     assert FrameParams(**config["frames"]) == params.frames

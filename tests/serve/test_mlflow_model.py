@@ -13,21 +13,25 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile
 from conftest import SAMPLE_RATE, audio_bytes, noise, tone, write_audio
 
 from ser import EMOTIONS
 from ser.cli import main
+from ser.config import SpeechParams
 from ser.models.bundle import Classifier
 from ser.serve.mlflow_model import (
     AUDIO_COLUMN,
     LABEL_COLUMN,
+    REASON_COLUMN,
+    SPEECH_RATIO_COLUMN,
     RequestError,
     classifier_dir,
     example_clip,
     log_model,
     predict_table,
 )
-from ser.serve.predict import predict_files
+from ser.serve.predict import NO_SPEECH, predict_files
 
 NAME = "ser-test"
 LOGGED_KINDS = ("spectrogram_cnn", "logreg")  # one per input: frames, clip features
@@ -78,10 +82,12 @@ def test_the_loaded_mlflow_model_answers_exactly_as_ser_predict(
 ):
     expected = list(predict_files(clip_files, Classifier.load(trained_models[kind])))
     answer = mlflow.pyfunc.load_model(logged[kind].model_uri).predict(audio_table(clip_files))
-    assert list(answer.columns) == [LABEL_COLUMN, *EMOTIONS]
-    assert answer[LABEL_COLUMN].tolist() == [label for _, label, _ in expected]
+    assert list(answer.columns) == [LABEL_COLUMN, REASON_COLUMN, SPEECH_RATIO_COLUMN, *EMOTIONS]
+    assert answer[LABEL_COLUMN].tolist() == [a.label for a in expected]
+    assert answer[REASON_COLUMN].tolist() == [None] * len(expected)
+    assert answer[SPEECH_RATIO_COLUMN].tolist() == [a.stats.speech_ratio for a in expected]
     np.testing.assert_allclose(
-        answer[list(EMOTIONS)].to_numpy(), np.vstack([p for *_, p in expected]), atol=1e-6
+        answer[list(EMOTIONS)].to_numpy(), np.vstack([a.probabilities for a in expected]), atol=1e-6
     )
 
 
@@ -90,7 +96,15 @@ def test_the_model_carries_a_signature_and_a_request_example(logged):
     assert info.signature.inputs.to_dict() == [
         {"type": "binary", "name": AUDIO_COLUMN, "required": True}
     ]
-    assert [c["name"] for c in info.signature.outputs.to_dict()] == [LABEL_COLUMN, *EMOTIONS]
+    outputs = info.signature.outputs.to_dict()
+    assert [c["name"] for c in outputs] == [
+        LABEL_COLUMN,
+        REASON_COLUMN,
+        SPEECH_RATIO_COLUMN,
+        *EMOTIONS,
+    ]
+    optional = {c["name"] for c in outputs if not c.get("required", True)}
+    assert optional == {REASON_COLUMN, *EMOTIONS}  # empty for no_speech and for an emotion
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri))
     request = json.loads((local / "serving_input_example.json").read_text())
     assert list(request) == ["dataframe_split"]
@@ -148,7 +162,7 @@ GOOD = audio_bytes(tone(0.8, 200))
         (pd.DataFrame({AUDIO_COLUMN: [b"hello, not audio"]}), r"row 0: not readable audio"),
         (
             pd.DataFrame({AUDIO_COLUMN: [base64.b64encode(GOOD)]}),
-            r"row 0: not readable audio \(Format not recognised\.\) \(the audio looks like base64",
+            r"row 0: not readable audio \(Format not recognised\.\) \(the audio is base64 text",
         ),
         (pd.DataFrame({AUDIO_COLUMN: [GOOD, GOOD[: len(GOOD) // 2]]}), r"row 1: truncated: "),
         (pd.DataFrame({AUDIO_COLUMN: [audio_bytes(tone(0.01, 200))]}), "row 0: too short"),
@@ -181,3 +195,60 @@ def test_a_clip_longer_than_the_models_limit_is_refused_from_its_header(trained_
         RequestError, match=r"row 0: too long: 2\.5 s \(audio\.max_duration is 2\.0 s\)"
     ):
         predict_table(classifier, pd.DataFrame({AUDIO_COLUMN: [long]}))
+
+
+def test_plain_text_gets_no_base64_hint(trained_models):
+    """English text matched the old base64 pattern and was told to send base64 differently."""
+    classifier = Classifier.load(trained_models["spectrogram_cnn"])
+    text = b"this is a plain text file written in English and nothing else"
+    with pytest.raises(RequestError) as refused:
+        predict_table(classifier, pd.DataFrame({AUDIO_COLUMN: [text]}))
+    assert str(refused.value.message) == "row 0: not readable audio (Format not recognised.)"
+
+
+def test_no_speech_rows_are_answered_with_the_reason_and_no_probabilities(trained_models):
+    classifier = Classifier.load(trained_models["logreg"])
+    gated = dataclasses.replace(classifier, speech=SpeechParams())
+    table = pd.DataFrame({AUDIO_COLUMN: [GOOD, audio_bytes(noise(1.0, 0.1))]})
+    answer = predict_table(gated, table)
+    assert answer[LABEL_COLUMN].tolist() == [NO_SPEECH, NO_SPEECH]
+    assert answer[REASON_COLUMN].str.startswith("no speech: ").all()
+    assert answer[SPEECH_RATIO_COLUMN].tolist() == [0.0, 0.0]
+    assert answer[list(EMOTIONS)].isna().all().all()
+    records = json.loads(json.dumps(answer.to_dict(orient="records")))  # as the server sends it
+    assert records[0][EMOTIONS[0]] is None  # null, not NaN (which is not JSON)
+
+
+def hostile_files(folder: Path) -> dict[str, Path]:
+    """Files every request path must refuse, by what is wrong with them."""
+    good = audio_bytes(tone(0.8, 200))
+    flac = audio_bytes(tone(0.8, 200), audio_format="FLAC")
+    contents = {
+        "empty": b"",
+        "text": b"this is a plain text file written in English and nothing else",
+        "random": np.random.default_rng(0).bytes(4096),
+        "half WAV": good[: len(good) // 2],
+        "half FLAC": flac[: len(flac) // 2],
+        "WAV header only": good[:44],
+        "too long": audio_bytes(tone(61, sample_rate=8000), 8000),
+        "silent": audio_bytes(np.zeros(16_000, np.float32)),
+        "too short": audio_bytes(tone(0.01, 200)),
+    }
+    files = {}
+    for name, content in contents.items():
+        files[name] = folder / f"{name.replace(' ', '_')}.wav"
+        files[name].write_bytes(content)
+    files["NaN"] = folder / "nan.wav"
+    soundfile.write(files["NaN"], np.full(8000, np.nan, np.float32), SAMPLE_RATE, subtype="FLOAT")
+    return files
+
+
+def test_every_rejection_reads_the_same_in_ser_predict_and_the_server(trained_models, tmp_path):
+    classifier = Classifier.load(trained_models["logreg"])
+    files = hostile_files(tmp_path)
+    for name, path in files.items():
+        [from_file] = predict_files([path], classifier)
+        assert from_file.refused, name
+        with pytest.raises(RequestError) as refused:
+            predict_table(classifier, pd.DataFrame({AUDIO_COLUMN: [path.read_bytes()]}))
+        assert refused.value.message == f"row 0: {from_file.reason}", name

@@ -62,12 +62,14 @@ def assert_same_as_ser_predict(answer: list[dict[str, object]], files: list[Path
     classifier = Classifier.load(model)
     expected = list(predict_files(files, classifier, batch_size=len(files)))
     assert len(answer) == len(expected)
-    for row, (path, label, probabilities) in zip(answer, expected, strict=True):
-        assert label is not None, f"{path}: {probabilities}"
-        assert set(row) == {"label", *classifier.classes}
-        assert row["label"] == label
+    for row, expected_answer in zip(answer, expected, strict=True):
+        assert not expected_answer.refused, f"{expected_answer.key}: {expected_answer.reason}"
+        assert set(row) == {"label", "reason", "speech_ratio", *classifier.classes}
+        assert row["label"] == expected_answer.label
+        assert row["reason"] is None
+        assert row["speech_ratio"] == pytest.approx(expected_answer.stats.speech_ratio)
         served = [row[name] for name in classifier.classes]
-        np.testing.assert_allclose(served, probabilities, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(served, expected_answer.probabilities, rtol=0, atol=1e-5)
 
 
 def test_records_are_answered_as_ser_predict_does(server, clip_files, trained_models):

@@ -17,9 +17,20 @@ from conftest import SAMPLE_RATE, TRAINED_KINDS, noise, tone, write_audio
 
 from ser import EMOTIONS
 from ser.cli import main
+from ser.config import SpeechParams
 from ser.models.base import CLIP_INPUT, FRAMES_INPUT
 from ser.models.bundle import Classifier
-from ser.serve.predict import audio_files, feature_rows, featurise, predict_files, write_predictions
+from ser.models.calibration import Calibration
+from ser.serve.predict import (
+    NO_SPEECH,
+    UNCERTAIN,
+    audio_files,
+    feature_rows,
+    featurise,
+    predict_files,
+    write_predictions,
+)
+from ser.signal.audio import load_clip
 from ser.signal.features import feature_names
 from ser.table.store import FRAMES_COLUMN
 
@@ -41,6 +52,11 @@ def clips(tmp_path):
     return folder, good, broken
 
 
+def signal_features(path, classifier):
+    """featurise() of a file as predict conditions it."""
+    return featurise(load_clip(path, classifier.audio), classifier)
+
+
 def test_folders_are_walked_for_audio_files(clips, tmp_path):
     folder, good, broken = clips
     assert list(audio_files([folder])) == sorted([*good, broken])
@@ -55,13 +71,14 @@ def test_csv_has_a_header_and_one_line_per_file(clips, trained_models, kind):
     failures = write_predictions([folder], trained_models[kind], as_json=False, out=out)
     assert failures == 1
     rows = list(csv.reader(io.StringIO(out.getvalue())))
-    assert rows[0] == ["path", "label", *EMOTIONS]
+    assert rows[0] == ["path", "label", *EMOTIONS, "speech_ratio", "reason"]
     assert [row[0] for row in rows[1:]] == [str(p) for p in sorted(good)]
     assert str(broken) not in out.getvalue()
     classifier = Classifier.load(trained_models[kind])
-    expected = {str(path): result for path, _, result in predict_files(sorted(good), classifier)}
+    expected = {str(a.key): a.probabilities for a in predict_files(sorted(good), classifier)}
     for row in rows[1:]:
-        probabilities = [float(p) for p in row[2:]]
+        probabilities = [float(p) for p in row[2:-2]]
+        assert 0 <= float(row[-2]) <= 1 and row[-1] == ""
         assert row[1] == EMOTIONS[int(np.argmax(probabilities))]
         assert sum(probabilities) == pytest.approx(1, abs=1e-3)
         np.testing.assert_allclose(probabilities, expected[row[0]], atol=5e-5)
@@ -76,9 +93,10 @@ def test_json_lines(clips, trained_models, kind):
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["path"] for r in records] == [str(p) for p in good]
     classifier = Classifier.load(trained_models[kind])
-    expected = [probabilities for _, _, probabilities in predict_files(good, classifier)]
+    expected = [answer.probabilities for answer in predict_files(good, classifier)]
     for record, probabilities in zip(records, expected, strict=True):
-        assert set(record) == {"path", "label", "probabilities"}
+        assert set(record) == {"path", "label", "probabilities", "speech_ratio", "reason"}
+        assert record["reason"] is None and 0 <= record["speech_ratio"] <= 1
         assert list(record["probabilities"]) == list(EMOTIONS)
         assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
         np.testing.assert_allclose(list(record["probabilities"].values()), probabilities, rtol=1e-6)
@@ -89,14 +107,14 @@ def test_predictions_match_the_classifier_on_the_same_features(clips, trained_mo
     _, good, _ = clips
     classifier = Classifier.load(trained_models[kind])
     results = list(predict_files(good, classifier, batch_size=2))  # batches of 2 and 1
-    assert [path for path, _, _ in results] == good
-    vectors, frames = zip(*(featurise(p, classifier) for p in good), strict=True)
+    assert [answer.key for answer in results] == good
+    vectors, frames = zip(*(signal_features(p, classifier) for p in good), strict=True)
     expected = classifier.predict_proba(feature_rows(list(vectors), list(frames), classifier))
     assert expected.shape == (len(good), len(EMOTIONS))
     np.testing.assert_allclose(
-        np.vstack([r for _, _, r in results]), expected, rtol=1e-5, atol=1e-6
+        np.vstack([a.probabilities for a in results]), expected, rtol=1e-5, atol=1e-6
     )
-    assert [label for _, label, _ in results] == classifier.predict(
+    assert [answer.label for answer in results] == classifier.predict(
         feature_rows(list(vectors), list(frames), classifier)
     )
 
@@ -105,7 +123,7 @@ def test_predictions_match_the_classifier_on_the_same_features(clips, trained_mo
 def test_featurise_computes_only_what_the_model_reads(clips, trained_models, kind):
     _, good, _ = clips
     classifier = Classifier.load(trained_models[kind])
-    vector, frames = featurise(good[0], classifier)
+    vector, frames = signal_features(good[0], classifier)
     if CLIP_INPUT in classifier.inputs:
         assert vector.shape == (len(feature_names(classifier.features)),)
     else:
@@ -122,7 +140,7 @@ def test_featurise_computes_only_what_the_model_reads(clips, trained_models, kin
 def test_feature_rows_are_shaped_like_the_feature_table(clips, trained_models, kind):
     _, good, _ = clips
     classifier = Classifier.load(trained_models[kind])
-    vectors, frames = zip(*(featurise(p, classifier) for p in good), strict=True)
+    vectors, frames = zip(*(signal_features(p, classifier) for p in good), strict=True)
     rows = feature_rows(list(vectors), list(frames), classifier)
     names = feature_names(classifier.features) if CLIP_INPUT in classifier.inputs else []
     expected_columns = [*names, *([FRAMES_COLUMN] if FRAMES_INPUT in classifier.inputs else [])]
@@ -144,7 +162,7 @@ def per_speaker(classifier: Classifier) -> Classifier:
 def test_per_speaker_rows_are_standardised_together(clips, trained_models):
     _, good, _ = clips
     classifier = per_speaker(Classifier.load(trained_models["logreg"]))
-    vectors, frames = zip(*(featurise(p, classifier) for p in good), strict=True)
+    vectors, frames = zip(*(signal_features(p, classifier) for p in good), strict=True)
     rows = feature_rows(list(vectors), list(frames), classifier)
     values = rows[feature_names(classifier.features)].to_numpy()
     varying = np.vstack(vectors).std(axis=0) > 0
@@ -152,15 +170,15 @@ def test_per_speaker_rows_are_standardised_together(clips, trained_models):
     np.testing.assert_allclose(values.std(axis=0)[varying], 1, rtol=1e-4)
     results = list(predict_files(good, classifier, batch_size=1))  # one batch all the same
     expected = classifier.predict_proba(rows)
-    np.testing.assert_allclose(np.vstack([r for _, _, r in results]), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.vstack([a.probabilities for a in results]), expected, rtol=1e-5)
 
 
 def test_per_speaker_needs_two_clips(clips, trained_models):
     _, good, _ = clips
     classifier = per_speaker(Classifier.load(trained_models["logreg"]))
-    [(path, label, reason)] = predict_files(good[:1], classifier)
-    assert (path, label) == (good[0], None)
-    assert reason == "per-speaker normalisation needs 2 or more clips of the speaker"
+    [answer] = predict_files(good[:1], classifier)
+    assert (answer.key, answer.label) == (good[0], None)
+    assert answer.reason == "per-speaker normalisation needs 2 or more clips of the speaker"
 
 
 def test_unusable_files_are_yielded_with_the_reason(clips, trained_model_dir, tmp_path):
@@ -169,8 +187,8 @@ def test_unusable_files_are_yielded_with_the_reason(clips, trained_model_dir, tm
     missing = tmp_path / "missing.wav"
     classifier = Classifier.load(trained_model_dir)
     results = {
-        path: (label, reason)
-        for path, label, reason in predict_files([broken, silent, missing], classifier)
+        answer.key: (answer.label, answer.reason)
+        for answer in predict_files([broken, silent, missing], classifier)
     }
     assert results[broken][0] is None
     assert "not readable audio" in results[broken][1]
@@ -185,7 +203,7 @@ def test_command_prints_csv_and_exits_1_on_a_bad_file(clips, trained_models, kin
         code = main(["predict", str(folder), "--model-dir", str(trained_models[kind])])
     assert code == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == ",".join(["path", "label", *EMOTIONS])
+    assert lines[0] == ",".join(["path", "label", *EMOTIONS, "speech_ratio", "reason"])
     assert [line.split(",")[0] for line in lines[1:]] == [str(p) for p in sorted(good)]
     assert all(line.split(",")[1] in EMOTIONS for line in lines[1:])
     assert f"{broken}: not readable audio" in caplog.text
@@ -207,8 +225,8 @@ def test_a_frames_model_needs_no_second_clip_under_per_speaker_features(clips, t
     """features.speaker_norm standardises clip vectors; a model of frames alone never reads them."""
     _, good, _ = clips
     classifier = per_speaker(Classifier.load(trained_models["spectrogram_cnn"]))
-    [(path, label, result)] = predict_files(good[:1], classifier)
-    assert (path, label) == (good[0], EMOTIONS[int(np.argmax(result))])
+    [answer] = predict_files(good[:1], classifier)
+    assert (answer.key, answer.label) == (good[0], EMOTIONS[int(np.argmax(answer.probabilities))])
 
 
 def test_a_folder_without_audio_fails_before_the_model_loads(tmp_path, capsys, caplog):
@@ -260,8 +278,8 @@ def test_hostile_content_is_skipped_with_the_reason(trained_model_dir, tmp_path,
     long = write_audio(tmp_path / "long.flac", noise(2.5))
     surround = write_audio(tmp_path / "surround.wav", np.stack([tone(0.8, 300)] * 6, axis=1))
     results = {
-        path.name: (label, reason)
-        for path, label, reason in predict_files(
+        answer.key.name: (answer.label, answer.reason)
+        for answer in predict_files(
             [tmp_path / "nan.wav", tmp_path / "inf.wav", long, surround], classifier
         )
     }
@@ -269,3 +287,71 @@ def test_hostile_content_is_skipped_with_the_reason(trained_model_dir, tmp_path,
     assert results["inf.wav"] == (None, "non-finite samples (NaN or Inf)")
     assert results["long.flac"] == (None, "too long: 2.5 s (audio.max_duration is 2.0 s)")
     assert results["surround.wav"][0] in EMOTIONS  # six channels are downmixed, as in training
+
+
+def test_a_folder_named_like_an_audio_file_is_walked_once(clips, trained_model_dir, caplog):
+    """An empty ``x.wav/`` aborted the run (exit 2); a full one had its files predicted twice."""
+    folder, good, broken = clips
+    (folder / "empty.wav").mkdir()
+    takes = folder / "takes.flac"
+    inside = write_audio(takes / "d.wav", tone(0.8, 250))
+    assert list(audio_files([folder])) == sorted([*good, broken, inside])
+    out = io.StringIO()
+    with caplog.at_level(logging.ERROR, logger="ser"):
+        failures = write_predictions([folder], trained_model_dir, as_json=True, out=out)
+    assert failures == 1  # the broken file only
+    printed = [json.loads(line)["path"] for line in out.getvalue().splitlines()]
+    assert printed == [str(p) for p in sorted([*good, inside])]
+
+
+def gated(classifier: Classifier, **speech: float) -> Classifier:
+    """The classifier with its speech gate on (the defaults), or as ``speech`` sets it."""
+    return dataclasses.replace(classifier, speech=SpeechParams(**speech))
+
+
+def test_the_speech_gate_answers_no_speech_without_running_the_model(clips, trained_models):
+    _, good, _ = clips
+    classifier = gated(Classifier.load(trained_models["logreg"]))
+    answers = list(predict_files(good, classifier))
+    assert [a.label for a in answers] == [NO_SPEECH] * len(good)  # tones and noise
+    for answer in answers:
+        assert answer.probabilities is None
+        assert answer.reason.startswith("no speech: 0.00 s of speech detected")
+        assert answer.stats.speech_ratio == 0
+        assert answer.stats.sample_rate in (SAMPLE_RATE, 44_100)
+
+
+def test_no_speech_is_printed_with_its_reason_and_is_no_failure(clips, trained_models, tmp_path):
+    _, good, _ = clips
+    directory = tmp_path / "gated"
+    gated(Classifier.load(trained_models["logreg"])).save(directory)
+    out = io.StringIO()
+    assert write_predictions(good[:1], directory, as_json=False, out=out) == 0
+    _, row = list(csv.reader(io.StringIO(out.getvalue())))
+    assert row[:2] == [str(good[0]), NO_SPEECH]
+    assert row[2:-2] == [""] * len(EMOTIONS)
+    assert float(row[-2]) == 0 and row[-1].startswith("no speech:")
+    out = io.StringIO()
+    assert write_predictions(good[:1], directory, as_json=True, out=out) == 0
+    record = json.loads(out.getvalue())
+    assert record["label"] == NO_SPEECH and record["probabilities"] is None
+    assert record["speech_ratio"] == 0 and record["reason"].startswith("no speech:")
+
+
+def test_uncertain_below_the_saved_threshold(clips, trained_models):
+    _, good, _ = clips
+    classifier = Classifier.load(trained_models["logreg"])
+    answers = list(predict_files(good, classifier))
+    confidences = sorted(a.probabilities.max() for a in answers)
+    threshold = (confidences[0] + confidences[-1]) / 2
+    cautious = dataclasses.replace(classifier, calibration=Calibration(1.0, threshold))
+    for plain, careful in zip(answers, predict_files(good, cautious), strict=True):
+        np.testing.assert_allclose(careful.probabilities, plain.probabilities)
+        if plain.probabilities.max() < threshold:
+            assert careful.label == UNCERTAIN
+            assert careful.reason.startswith(
+                f"uncertain: top probability {plain.probabilities.max():.2f}"
+            )
+        else:
+            assert (careful.label, careful.reason) == (plain.label, None)
+    assert {a.label for a in predict_files(good, cautious)} & {UNCERTAIN}

@@ -1,4 +1,5 @@
-"""The evaluate stage: test speakers only, per-class and per-slice metrics, confusion matrix."""
+"""The evaluate stage: test speakers only, per-class and per-slice metrics, confusion matrix,
+calibration before and after."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from conftest import (
 
 from ser import paths
 from ser.config import ModelParams
+from ser.metrics import expected_calibration_error
+from ser.models.base import label_indices
 from ser.models.bundle import Classifier
 from ser.ops.atomic import write_json
 from ser.ops.tracking import stage_run
@@ -63,7 +66,7 @@ def test_only_test_rows_are_scored(evaluated):
 def test_reports_hold_headline_per_class_slices_and_confusion(evaluated):
     _, headline, _ = evaluated
     assert json.loads(paths.METRICS.read_text()) == {"test": headline}
-    assert set(headline) == {"accuracy", "uar", "macro_f1", "clips"}
+    assert set(headline) == {"accuracy", "uar", "macro_f1", "clips", "ece", "ece_uncalibrated"}
     details = json.loads(paths.EVALUATION.read_text())
     labels = details["confusion"]["labels"]
     counts = np.array(details["confusion"]["counts"])
@@ -74,8 +77,31 @@ def test_reports_hold_headline_per_class_slices_and_confusion(evaluated):
     assert sum(c["support"] for c in details["per_class"].values()) == headline["clips"]
     assert set(details["slices"]) == {"corpus", "sex", "intensity"}
     assert set(details["slices"]["sex"]) == {"male", "female"}
-    assert details["slices"]["corpus"]["ravdess"] == headline
+    summary = {k: headline[k] for k in ("accuracy", "uar", "macro_f1", "clips")}
+    assert details["slices"]["corpus"]["ravdess"] == summary
     assert paths.CONFUSION_PNG.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_calibration_is_reported_before_and_after_with_a_reliability_diagram(evaluated):
+    table, headline, _ = evaluated
+    classifier = Classifier.load(paths.MODELS_DIR)
+    test_rows = table[table["split"] == "test"].reset_index(drop=True)
+    labels = label_indices(test_rows)
+    raw = classifier.model.predict_proba(test_rows)
+    assert headline["ece_uncalibrated"] == pytest.approx(expected_calibration_error(raw, labels))
+    calibrated = classifier.calibration.apply(raw)
+    assert headline["ece"] == pytest.approx(expected_calibration_error(calibrated, labels))
+    curve = pd.read_csv(paths.RELIABILITY)
+    assert list(curve.columns) == [
+        "confidence",
+        "perfect",
+        "uncalibrated",
+        "calibrated",
+        "clips_uncalibrated",
+        "clips_calibrated",
+    ]
+    assert len(curve) == 10 and curve["clips_calibrated"].sum() == headline["clips"]
+    assert paths.RELIABILITY_PNG.read_bytes().startswith(PNG_MAGIC)
 
 
 def test_test_metrics_join_the_training_run(evaluated, mlflow_workspace):
@@ -84,6 +110,7 @@ def test_test_metrics_join_the_training_run(evaluated, mlflow_workspace):
     logged = client.get_run(train_run_id).data
     assert logged.metrics["test_uar"] == pytest.approx(headline["uar"])
     assert logged.metrics["test_clips"] == headline["clips"]
+    assert logged.metrics["test_ece"] == pytest.approx(headline["ece"])
     assert any(key.startswith("test_recall_") for key in logged.metrics)
     artifacts = {a.path for a in client.list_artifacts(train_run_id, "evaluation")}
     assert "evaluation/metrics.json" in artifacts

@@ -22,9 +22,12 @@ from conftest import (
 from ser import EMOTIONS, paths
 from ser.metrics import summary
 from ser.models import kind_named
-from ser.models.base import section_of
+from ser.models.base import label_indices, section_of
+from ser.models.calibration import fit_calibration
 from ser.models.fitting import train_model
-from ser.ops.atomic import write_json
+from ser.ops.atomic import write_json, write_parquet
+from ser.signal.speech import ClipStats
+from ser.stages import train as train_stage
 from ser.stages.train import chosen_params, run
 from ser.table.store import FRAMES_COLUMN, select
 
@@ -241,3 +244,37 @@ def test_a_c_search_is_logged_apart_from_the_chosen_values(mlflow_workspace):
     assert logged.metrics["final_val_uar"] == pytest.approx(metrics["val_uar"])
     assert logged.metrics["final_C"] == metrics["C"]
     assert logged.params["chosen.C"] == str(metrics["C"])
+
+
+def test_the_temperature_is_fitted_on_validation_rows_and_the_reference_written(
+    mlflow_workspace, monkeypatch
+):
+    params = kind_params("logreg", {"train": {"refit_on_val": True}})
+    table = feature_table(params)
+    write_feature_files(table)
+    write_json(paths.HYPERPARAMS, {"kind": "logreg", "linear": params.linear.model_dump()})
+    clips = table[table["augmentation"] == "none"]
+    stats = ClipStats(3.0, 16_000, 1, -30.0, 0.0, 0.5, 1.5, 35.0, -20.0).as_dict()
+    write_parquet(paths.CLIP_STATS, pd.DataFrame([{"path": p, **stats} for p in clips["path"]]))
+    seen = {}
+
+    def recording(probabilities, labels, section):
+        seen.update(probabilities=probabilities, labels=labels)
+        return fit_calibration(probabilities, labels, section)
+
+    monkeypatch.setattr(train_stage, "fit_calibration", recording)
+    metrics = run(params)
+
+    val_rows = select(table, "val")
+    np.testing.assert_array_equal(seen["labels"], label_indices(val_rows))  # validation only
+    assert seen["probabilities"].shape == (len(val_rows), len(EMOTIONS))
+    saved = json.loads((paths.MODELS_DIR / "classifier.json").read_text())["calibration"]
+    assert saved["temperature"] == metrics["temperature"] > 0
+    assert {"val_ece_uncalibrated", "val_ece_calibrated"} <= set(metrics)
+    reference = pd.read_parquet(paths.MONITOR_REFERENCE)
+    expected = clips[clips["split"].isin(["train", "val"])]
+    assert len(reference) == len(expected)  # training and validation speakers, originals
+    answered = reference["label"].notna()
+    assert answered.sum() == len(val_rows)  # the answers are validation speakers' only
+    assert set(reference.loc[answered, "label"]) <= set(EMOTIONS)
+    assert (reference["snr_db"] == 35.0).all()

@@ -1,11 +1,12 @@
-"""The trained classifier as saved in ``models/``: a model of one kind and the feature
-configuration its inputs were computed with (``classifier.json``)."""
+"""The trained classifier as saved in ``models/``: a model of one kind, the feature
+configuration its inputs were computed with, its speech gate and its calibration
+(``classifier.json``)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,22 +14,26 @@ import numpy as np
 import pandas as pd
 
 from ser import EMOTIONS
-from ser.config import AudioParams, FeatureParams, FrameParams
+from ser.config import AudioParams, FeatureParams, FrameParams, SpeechParams
 from ser.models import kind_named
 from ser.models.base import CLIP_INPUT, Model, ModelError
+from ser.models.calibration import Calibration
 
 CLASSIFIER_FILE = "classifier.json"
 
 
 @dataclass
 class Classifier:
-    """A fitted model of ``kind`` and how the audio and features it reads were computed."""
+    """A fitted model of ``kind``, how the audio and features it reads were computed, which
+    clips it answers (``speech``) and how its probabilities are calibrated."""
 
     kind: str
     model: Model
     audio: AudioParams
     features: FeatureParams
     frames: FrameParams
+    speech: SpeechParams = field(default_factory=SpeechParams)
+    calibration: Calibration = field(default_factory=Calibration)
 
     classes: ClassVar[list[str]] = list(EMOTIONS)
 
@@ -43,7 +48,8 @@ class Classifier:
         return CLIP_INPUT in self.inputs and self.features.speaker_norm == "per_speaker"
 
     def predict_proba(self, rows: pd.DataFrame) -> np.ndarray:
-        return self.model.predict_proba(rows)
+        """Calibrated class probabilities (``EMOTIONS`` order) of each row."""
+        return self.calibration.apply(self.model.predict_proba(rows))
 
     def predict(self, rows: pd.DataFrame) -> list[str]:
         return [self.classes[i] for i in self.predict_proba(rows).argmax(axis=1)]
@@ -64,6 +70,8 @@ class Classifier:
             "audio": self.audio.model_dump(mode="json"),
             "features": self.features.model_dump(mode="json", exclude={"workers", "cache_dir"}),
             "frames": self.frames.model_dump(mode="json"),
+            "speech": self.speech.model_dump(mode="json"),
+            "calibration": self.calibration.as_dict(),
         }
         (staging / CLASSIFIER_FILE).write_text(json.dumps(config, indent=2) + "\n")
         previous = directory.with_name(f".{directory.name}.previous")
@@ -95,4 +103,6 @@ class Classifier:
             audio=AudioParams(**config["audio"]),
             features=FeatureParams(**config["features"]),
             frames=FrameParams(**config["frames"]),
+            speech=SpeechParams(**config.get("speech", {})),
+            calibration=Calibration(**config.get("calibration", {})),
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from ser import EMOTIONS
@@ -24,6 +25,7 @@ class Trained:
     model: Model  # refitted on training + validation rows with train.refit_on_val
     fitted: Fitted  # the model validation chose, and what it saw
     val: dict[str, float]  # validation metrics of that choice, before any refit
+    val_probabilities: np.ndarray  # of that choice on validation rows (calibration, monitor)
     how: dict[str, float]  # what was chosen (epochs, C, weight), rows of the refit
 
 
@@ -40,4 +42,4 @@ def train_model(train_rows: pd.DataFrame, val_rows: pd.DataFrame, params: Params
         log.info("refitting %s on %d training + validation rows", kind.name, len(rows))
         model = kind.refit(rows, fitted)
         how["refit_rows"] = len(rows)
-    return Trained(model, fitted, val, how)
+    return Trained(model, fitted, val, probabilities, how)

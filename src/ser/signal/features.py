@@ -40,6 +40,12 @@ def _filter_banks(sample_rate: int, n_fft: int, n_mels: int) -> tuple[np.ndarray
     return mel.astype(np.float32), chroma.astype(np.float32)
 
 
+def filter_power(bank: np.ndarray, power: np.ndarray) -> np.ndarray:
+    """``bank @ power``, summed by numpy's own loops: the BLAS kernel that ``@`` calls is
+    chosen by the processor and rounds the sums differently on another machine."""
+    return np.einsum("bf,ft->bt", bank, power)
+
+
 def frame_feature_names(params: FeatureParams) -> list[str]:
     """Names of the per-frame features, in the order ``frame_features`` stacks them."""
     return [
@@ -63,9 +69,9 @@ def frame_features(signal: np.ndarray, sample_rate: int, params: FeatureParams) 
     spectrum = np.abs(librosa.stft(signal, n_fft=params.n_fft, hop_length=params.hop_length))
     power = np.square(spectrum)
     mel_bank, chroma_bank = _filter_banks(sample_rate, params.n_fft, params.n_mels)
-    log_mel = librosa.power_to_db(mel_bank @ power, ref=1.0, top_db=None)
+    log_mel = librosa.power_to_db(filter_power(mel_bank, power), ref=1.0, top_db=None)
     mfcc = scipy.fft.dct(log_mel, axis=0, type=2, norm="ortho")[: params.n_mfcc]
-    chroma = librosa.util.normalize(chroma_bank @ power, norm=np.inf, axis=0)
+    chroma = librosa.util.normalize(filter_power(chroma_bank, power), norm=np.inf, axis=0)
     rms = librosa.feature.rms(S=spectrum, frame_length=params.n_fft)
     zcr = librosa.feature.zero_crossing_rate(
         signal, frame_length=params.n_fft, hop_length=params.hop_length
@@ -119,21 +125,22 @@ def clip_features(signal: np.ndarray, sample_rate: int, params: FeatureParams) -
     return np.concatenate([set_features(s, signal, sample_rate, params) for s in params.sets])
 
 
+@cache
+def _frames_bank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
+) -> np.ndarray:
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+
+
 def logmel_frames(signal: np.ndarray, sample_rate: int, params: FrameParams) -> np.ndarray:
     """Log-mel power in dB (frames x ``n_mels``), centre-cropped to ``max_frames`` frames."""
     if len(signal) < params.win_length:
         signal = np.pad(signal, (0, params.win_length - len(signal)))
-    power = librosa.feature.melspectrogram(
-        y=signal,
-        sr=sample_rate,
-        n_fft=params.n_fft,
-        hop_length=params.hop_length,
-        win_length=params.win_length,
-        n_mels=params.n_mels,
-        fmin=params.fmin,
-        fmax=params.fmax,
-        power=2.0,
+    spectrum = librosa.stft(
+        signal, n_fft=params.n_fft, hop_length=params.hop_length, win_length=params.win_length
     )
+    bank = _frames_bank(sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
+    power = filter_power(bank, np.square(np.abs(spectrum)))  # librosa's melspectrogram, BLAS-free
     frames = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None).T
     start = max(0, (len(frames) - params.max_frames) // 2)
     return np.ascontiguousarray(frames[start : start + params.max_frames], dtype=np.float32)

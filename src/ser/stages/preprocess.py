@@ -1,4 +1,5 @@
-"""preprocess stage: manifest → speaker split → features and frames, with a report of skipped files."""
+"""preprocess stage: manifest → speech gate → speaker split → features and frames, with a
+report of skipped files."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 from ser import paths
 from ser.config import Params
 from ser.corpus.manifest import Problem, scan
+from ser.corpus.screen import screen
 from ser.corpus.split import SPLITS, SplitError, assign_splits
 from ser.ops.atomic import write_json, write_parquet
 from ser.ops.tracking import stage_run
@@ -42,6 +44,9 @@ def summarise(manifest: pd.DataFrame, problems: list[Problem]) -> dict[str, obje
 def run(params: Params) -> dict[str, object]:
     """Build manifest and features from ``params.data.raw_dir``; return the report."""
     manifest, problems = scan(params.data.raw_dir, params.data.corpora)
+    clip_stats, screened = screen(manifest, params)  # the speech gate: no speech, no training
+    problems += screened
+    manifest = manifest[~manifest["path"].isin({p.path for p in screened})].reset_index(drop=True)
     if manifest.empty:
         raise SplitError(f"{params.data.raw_dir}: no usable clips ({len(problems)} skipped)")
     manifest["split"] = assign_splits(manifest, params.split)
@@ -59,6 +64,7 @@ def run(params: Params) -> dict[str, object]:
 
     report = summarise(manifest, problems)  # run-specific facts (timing, cache) go to MLflow
     write_parquet(paths.MANIFEST, manifest)
+    write_parquet(paths.CLIP_STATS, clip_stats[clip_stats["path"].isin(manifest["path"])])
     write_parquet(paths.FEATURES, features)
     write_frames(paths.FRAMES_FILE, extracted.frames)
     write_json(paths.PREPROCESS_REPORT, report)

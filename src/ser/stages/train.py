@@ -13,15 +13,18 @@ import logging
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from ser import paths
 from ser.config import Params
 from ser.models import kind_named
-from ser.models.base import FRAMES_INPUT, ModelError, section_of
+from ser.models.base import FRAMES_INPUT, ModelError, label_indices, section_of
 from ser.models.bundle import Classifier
+from ser.models.calibration import calibration_metrics, fit_calibration
 from ser.models.fitting import train_model
 from ser.ops.atomic import read_json, write_json, write_with
 from ser.ops.tracking import stage_run
+from ser.serve.inference_log import write_reference
 from ser.serve.registry import register_trained_model
 from ser.table.store import load_rows, select
 
@@ -91,10 +94,25 @@ def run(params: Params) -> dict[str, float]:
             **trained.how,
             "train_rows": len(train_rows),
         }
+        labels = label_indices(val_rows)
+        calibration = fit_calibration(trained.val_probabilities, labels, params.calibration)
+        metrics |= calibration_metrics(trained.val_probabilities, labels, calibration)
         classifier = Classifier(
-            kind.name, trained.model, params.audio, params.features, params.frames
+            kind.name,
+            trained.model,
+            params.audio,
+            params.features,
+            params.frames,
+            params.speech,
+            calibration,
         )
         classifier.save(paths.MODELS_DIR)
+        write_reference(
+            pd.concat([select(features, "train"), val_rows]),
+            val_rows,
+            calibration.apply(trained.val_probabilities),
+            classifier,
+        )
         write_json(paths.TRAIN_METRICS, metrics)
         mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
         mlflow.log_artifact(str(paths.HYPERPARAMS), "tuning")

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ser import ORIGINAL
 from ser.config import AugmentKind, Params
 from ser.ops.atomic import write_with
+from ser.ops.kernels import numpy_targets
 from ser.paths import workspace_root
 from ser.signal.audio import BadAudio, condition, decode, downmix, resample
 from ser.signal.augment import copy_seed, recipe_augmenter
@@ -35,7 +36,7 @@ from ser.signal.features import feature_names, logmel_frames, set_features
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: condition() removes DC before its level checks
 """Bump when feature code changes in a way params do not capture."""
 LOGMEL = "logmel"
 """The cache's name for a variant's log-mel frames, beside the vector sets."""
@@ -132,6 +133,7 @@ def cache_key(
         "clip": sha256,
         "copy": variant.copy,
         "recipe": list(variant.recipe),
+        "kernels": numpy_targets(),  # an unpinned AVX-512 run caches other last bits
     }
     if variant.recipe:
         spec["augment"] = params.augment.model_dump(mode="json", exclude={"copies"})
