@@ -9,7 +9,8 @@ clips of the same test fold, never a training speaker), a telephone channel (300
 8 kHz, mu-law), three simulated rooms (RT60 0.3, 0.6, 0.9 s), the clip 30 and 45 dB quieter
 stored at 16 bits, and clipping 12 dB over full scale. A condition is applied to the
 decoded recording, which then goes through the pipeline's own conditioning and features,
-as ``ser predict`` would take such a file; a clip the pipeline refuses counts as wrong.
+as ``ser predict`` would take such a file; a clip it refuses (the speech gate's
+``no_speech`` included) counts as wrong.
 
 The conditions' generators, seeds (``SEED_NAMESPACE``) and rooms are the benchmark's own:
 training augmentation (``ser.signal.augment``) uses another library, another namespace and
@@ -56,6 +57,7 @@ from ser.ops.atomic import write_json, write_with
 from ser.signal import conditions
 from ser.signal.audio import BadAudio, condition, decode, downmix
 from ser.signal.features import clip_features, feature_names, logmel_frames
+from ser.signal.speech import describe, no_speech_reason
 from ser.table.store import FRAMES_COLUMN
 
 log = logging.getLogger("benchmark")
@@ -129,8 +131,8 @@ class TestClip:
 
 
 def inputs_under_conditions(clip: TestClip, params: Params) -> dict[str, tuple | str]:
-    """For each condition: the clip's feature vector and frames as the pipeline computes
-    them from that recording, or why the pipeline refuses it."""
+    """For each condition: the clip's feature vector and frames as ``ser predict`` computes
+    them from that recording, or why it refuses it (the speech gate included)."""
 
     def mono(path: str) -> tuple[np.ndarray, int]:
         samples, rate = decode(Path(path))
@@ -141,6 +143,10 @@ def inputs_under_conditions(clip: TestClip, params: Params) -> dict[str, tuple |
     found: dict[str, tuple | str] = {}
     for name in CONDITIONS:
         audio, audio_rate = recorded(name, signal, rate, clip.sha256, talkers)
+        stats = describe(audio, audio_rate, params.speech.threshold)
+        if reason := no_speech_reason(stats, params.speech):
+            found[name] = f"no speech: {reason}"
+            continue
         try:
             conditioned = condition(audio, audio_rate, params.audio)
         except BadAudio as error:
