@@ -36,12 +36,12 @@ from ser.config import Params, load_params
 from ser.corpus.manifest import scan
 from ser.metrics import summary, uar
 from ser.models import MODULE_OF, kind_named
-from ser.models.base import CLIP_INPUT, FRAMES_INPUT, label_indices
+from ser.models.base import CLIP_INPUT, FRAMES_INPUT, Model, label_indices
+from ser.models.fitting import train_model
 from ser.models.fusion import Fusion
 from ser.ops.atomic import write_json, write_with
 from ser.signal.features import feature_names
-from ser.stages.train import train_model
-from ser.table.extract import extract_features
+from ser.table.extract import TALKER_POOL, extract_features
 from ser.table.store import FRAMES_COLUMN, META_COLUMNS
 
 log = logging.getLogger("benchmark")
@@ -78,9 +78,12 @@ def speaker_folds(manifest: pd.DataFrame, n_folds: int, seed: int) -> list[list[
     ]
 
 
-def feature_table(manifest: pd.DataFrame, params: Params) -> pd.DataFrame:
-    """Features of every clip and of one augmented copy per recipe (used for training only)."""
-    extracted = extract_features(manifest.assign(split="train"), params)
+def feature_table(manifest: pd.DataFrame, params: Params, folds: list[list[str]]) -> pd.DataFrame:
+    """Features of every clip and of one augmented copy per recipe (used for training only).
+    A copy's babble talkers are speakers of its own fold: they train whenever it does."""
+    fold_of = {speaker: i for i, fold in enumerate(folds) for speaker in fold}
+    pools = manifest["speaker"].map(fold_of)
+    extracted = extract_features(manifest.assign(split="train", **{TALKER_POOL: pools}), params)
     log.info(
         "features: %d rows, %d clips extracted in %.0f s, %d failed",
         len(extracted.table),
@@ -91,15 +94,16 @@ def feature_table(manifest: pd.DataFrame, params: Params) -> pd.DataFrame:
     return extracted.table.assign(**{FRAMES_COLUMN: extracted.frames})
 
 
-def run_fold(
+def fit_fold(
     table: pd.DataFrame,
     columns: list[str],
     folds: list[list[str]],
     index: int,
     kind: str,
     params: Params,
-) -> FoldResult:
-    """Train on the training folds, choose on fold ``index + 1``, score fold ``index`` once."""
+) -> tuple[FoldResult, Model]:
+    """Train on the training folds, choose on fold ``index + 1``, score fold ``index`` once;
+    return the scores and the model."""
     test, val = folds[index], folds[(index + 1) % len(folds)]
     split = np.where(
         table["speaker"].isin(test), "test", np.where(table["speaker"].isin(val), "val", "train")
@@ -126,7 +130,7 @@ def run_fold(
             ("logreg", trained.model.linear),
         ):
             members[name] = uar(truth, member.predict_proba(test_rows).argmax(axis=1))
-    return FoldResult(
+    result = FoldResult(
         index,
         test,
         val,
@@ -138,6 +142,19 @@ def run_fold(
         1000 * predict_seconds / len(test_rows),
         members,
     )
+    return result, trained.model
+
+
+def run_fold(
+    table: pd.DataFrame,
+    columns: list[str],
+    folds: list[list[str]],
+    index: int,
+    kind: str,
+    params: Params,
+) -> FoldResult:
+    """:func:`fit_fold`'s scores."""
+    return fit_fold(table, columns, folds, index, kind, params)[0]
 
 
 def aggregate(feature_set: str, kind: str, results: list[FoldResult]) -> dict[str, object]:
@@ -169,12 +186,18 @@ def markdown(rows: list[dict[str, object]], info: dict[str, object]) -> str:
         "| fit s / fold | predict ms / clip |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(row: dict[str, object], key: str, template: str) -> str:
+        """A row's value, or blank where a row lacks it (a fusion member's own fit)."""
+        return template.format(row[key]) if row.get(key) is not None else ""
+
     for r in rows:
+        kind = f"{r['kind']} (member of {r['member_of']})" if r.get("member_of") else r["kind"]
         lines.append(
-            f"| {r['features']} | {r['kind']} | {100 * r['uar_mean']:.1f} ± "
-            f"{100 * r['uar_std']:.1f} % | {100 * r['accuracy']:.1f} % | "
-            f"{100 * r['macro_f1']:.1f} % | {100 * r['val_uar']:.1f} % | "
-            f"{r['fit_seconds']:.0f} | {r['predict_ms_per_clip']:.2f} |"
+            f"| {r['features']} | {kind} | {100 * r['uar_mean']:.1f} ± "
+            f"{100 * r['uar_std']:.1f} % | {cell(r, 'accuracy', '{:.1%}')} | "
+            f"{cell(r, 'macro_f1', '{:.1%}')} | {cell(r, 'val_uar', '{:.1%}')} | "
+            f"{cell(r, 'fit_seconds', '{:.0f}')} | {cell(r, 'predict_ms_per_clip', '{:.2f}')} |"
         )
     for r in rows:
         for name, (mean, std) in r.get("members_uar", {}).items():
@@ -222,7 +245,7 @@ def previous_rows(path: Path, params: Params, corpus: Path, folds: int) -> list[
 def save(out: Path, rows: list[dict[str, object]], info: dict[str, object]) -> str:
     """Write the table (.md) and everything behind it (.json) atomically; return the table."""
     order = {(s, k): i for i, (s, k) in enumerate((s, k) for s in SETS for k in KINDS)}
-    rows = sorted(rows, key=lambda r: order[(r["features"], r["kind"])])
+    rows = sorted(rows, key=lambda r: order.get((r["features"], r["kind"]), len(order)))
     text = markdown(rows, info)
     report = {"machine": info, "rows": rows}
     write_json(out.with_suffix(".json"), report)
@@ -246,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for noisy in ("mlflow", "absl", "numba", "ser.stages.train", "ser.models.base"):
+    for noisy in ("mlflow", "absl", "numba", "ser.models.fitting", "ser.models.network"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.perf_counter()
     info = machine() | {"corpus": str(args.corpus), "folds": args.folds}
@@ -263,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         len(problems),
     )
     folds = speaker_folds(manifest, args.folds, params.split.seed)
-    table = feature_table(manifest, params)
+    table = feature_table(manifest, params, folds)
 
     measured = {(s, k) for s in args.sets for k in args.kinds}
     rows = [

@@ -13,7 +13,9 @@ from ser.errors import SerError
 DEFAULT_PARAMS = Path("params.yaml")
 
 CorpusName = Literal["ravdess", "crema_d", "tess", "savee"]
-AugmentKind = Literal["noise", "pitch", "stretch"]
+AugmentKind = Literal[
+    "noise", "babble", "room", "band", "codec", "level", "clip", "pitch", "stretch"
+]
 Stat = Literal["mean", "std", "min", "max", "median", "skew", "kurtosis"]
 FeatureSet = Literal["seed", "egemaps", "compare"]
 
@@ -63,19 +65,50 @@ def _ordered_pair(name: str, pair: tuple[float, float]) -> None:
 
 
 class AugmentParams(_Section):
+    """Waveform copies of training clips (``ser.signal.augment``): one per recipe of
+    ``copies``, each transform drawing its parameters from its range."""
+
     seed: int = 7
-    copies: list[list[AugmentKind]] = Field(default_factory=lambda: [["noise"], ["pitch"]])
-    noise_snr_db: tuple[float, float] = (15.0, 30.0)
+    copies: list[list[AugmentKind]] = Field(
+        default_factory=lambda: [
+            ["noise", "level"],
+            ["room", "babble"],
+            ["band", "codec", "noise"],
+            ["pitch", "room", "clip"],
+        ]
+    )
+    noise_snr_db: tuple[float, float] = (0.0, 30.0)
+    babble_snr_db: tuple[float, float] = (0.0, 25.0)
+    rt60: tuple[float, float] = (0.15, 1.0)
+    band_low_hz: tuple[float, float] = (150.0, 500.0)
+    band_high_hz: tuple[float, float] = (2800.0, 4200.0)
+    codec_kbps: tuple[int, int] = (8, 16)
+    level_db: tuple[float, float] = (-40.0, 0.0)
+    clip_percentile: tuple[int, int] = (0, 20)
     pitch_semitones: tuple[float, float] = (-2.0, 2.0)
     stretch_rate: tuple[float, float] = (0.9, 1.1)
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> AugmentParams:
-        _ordered_pair("noise_snr_db", self.noise_snr_db)
-        _ordered_pair("pitch_semitones", self.pitch_semitones)
-        _ordered_pair("stretch_rate", self.stretch_rate)
-        if self.stretch_rate[0] <= 0:
-            raise ValueError("stretch_rate must be positive")
+        for name in (
+            "noise_snr_db",
+            "babble_snr_db",
+            "rt60",
+            "band_low_hz",
+            "band_high_hz",
+            "codec_kbps",
+            "level_db",
+            "clip_percentile",
+            "pitch_semitones",
+            "stretch_rate",
+        ):
+            _ordered_pair(name, getattr(self, name))
+        if self.stretch_rate[0] <= 0 or self.rt60[0] <= 0:
+            raise ValueError("stretch_rate and rt60 must be positive")
+        if self.band_low_hz[1] >= self.band_high_hz[0]:
+            raise ValueError("band_low_hz must lie below band_high_hz")
+        if not 8 <= self.codec_kbps[0] <= 320 or not 0 <= self.clip_percentile[1] < 100:
+            raise ValueError("codec_kbps must lie in [8, 320] and clip_percentile in [0, 100)")
         if any(not recipe for recipe in self.copies):
             raise ValueError("copies: each recipe needs at least one kind")
         return self
@@ -169,7 +202,7 @@ class SpectrogramCnnParams(_Section):
     freq_mask_bands: int = Field(8, ge=1)
     time_masks: int = Field(2, ge=0)
     time_mask_fraction: float = Field(0.08, gt=0, le=1)
-    augmented_copies: bool = False
+    augmented_copies: bool = True
 
     @model_validator(mode="after")
     def _peak_above_start(self) -> SpectrogramCnnParams:

@@ -50,14 +50,39 @@ def fresh_network(channels: tuple[int, ...] = (4, 8)) -> SpectrogramCnn:
 
 
 def batches(
-    lengths: list[int], labels: list[int] | None = None, seed: int = 3, **hp: object
+    lengths: list[int],
+    labels: list[int] | None = None,
+    seed: int = 3,
+    recordings: list[int] | None = None,
+    **hp: object,
 ) -> TrainingBatches:
-    """Seeded training batches of random clips of ``lengths`` (4 a batch, padded to multiples of 4)."""
+    """Seeded training batches of random clips of ``lengths`` (4 a batch, padded to multiples
+    of 4); ``recordings`` says which rows are copies of one recording (default: none are)."""
     labels = labels if labels is not None else [i % len(EMOTIONS) for i in range(len(lengths))]
     targets = np.eye(len(EMOTIONS), dtype=np.float32)[labels]
     settings = SpectrogramCnnParams(**{"batch_size": 4, **hp})
     fill = np.linspace(-25, -15, N_MELS).astype(np.float32)
-    return TrainingBatches(clips(lengths), targets, np.ones(len(lengths)), settings, fill, seed, 4)
+    sources = np.arange(len(lengths)) if recordings is None else np.asarray(recordings)
+    return TrainingBatches(
+        clips(lengths), targets, np.ones(len(lengths)), settings, fill, seed, 4, sources
+    )
+
+
+def test_each_epoch_takes_one_row_of_each_recording():
+    recordings = [0, 1, 2, 3, 4, 5] * 3  # every recording: the original and two copies
+    training = batches([10] * 18, recordings=recordings)
+    draws = []
+    for _ in range(4):
+        rows = np.concatenate(training.order)
+        assert sorted(np.asarray(recordings)[rows]) == list(range(6))
+        assert len(training) == 2  # 6 recordings, 4 a batch: as many steps as without copies
+        draws.append(tuple(sorted(rows)))
+        training.next_epoch()
+    assert len(set(draws)) > 1  # the copies take turns
+    again = batches([10] * 18, recordings=recordings)
+    assert [list(rows) for rows in again.order] == [
+        list(rows) for rows in batches([10] * 18, recordings=recordings).order
+    ]
 
 
 # Padding and masks
@@ -304,7 +329,7 @@ def test_the_dataset_serves_one_epoch_after_another():
 def test_training_rows_are_the_originals_unless_augmented_copies_are_asked_for():
     table = feature_table(make_params(), {"train": 1})
     assert set(table["augmentation"]) == {ORIGINAL, "noise"}
-    originals = spectrogram_cnn.training_rows(table, SpectrogramCnnParams())
+    originals = spectrogram_cnn.training_rows(table, SpectrogramCnnParams(augmented_copies=False))
     assert set(originals["augmentation"]) == {ORIGINAL}
     assert len(originals) == len(table) // 2
     assert (
@@ -325,11 +350,11 @@ def test_refit_trains_the_fixed_schedule_on_the_rows_it_is_given(monkeypatch, tm
 
     monkeypatch.setattr(TrainingBatches, "__getitem__", spy)
     model = spectrogram_cnn.refit(rows, Fitted(None, params, [], {"epochs": 2}))
-    originals = rows[rows["augmentation"] == ORIGINAL]
+    originals = rows[rows["augmentation"] == ORIGINAL]  # one of each recording
     steps = -(-len(originals) // params.spectrogram_cnn.batch_size)
     assert int(model.network.optimizer.iterations) == 2 * steps
     assert seen[: 2 * steps] == [(epoch, i) for epoch in range(2) for i in range(steps)]
-    stacked = np.concatenate(originals[FRAMES_COLUMN].tolist())
+    stacked = np.concatenate(rows[FRAMES_COLUMN].tolist())  # band statistics of every row
     np.testing.assert_allclose(model.fill, stacked.mean(axis=0), rtol=1e-5)
 
     model.save(tmp_path)

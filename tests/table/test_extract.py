@@ -205,7 +205,8 @@ def test_augmentation_is_deterministic_and_changes_vector_and_frames(manifest, t
         original = rows.index[rows["augmentation"] == ORIGINAL][0]
         noisy = rows.index[rows["augmentation"] == "noise"][0]
         assert not np.allclose(table.loc[original, names], table.loc[noisy, names]), path
-        assert not np.allclose(first.frames[original], first.frames[noisy]), path
+        mine, copied = first.frames[original], first.frames[noisy]
+        assert mine.shape != copied.shape or not np.allclose(mine, copied), path
 
 
 def test_a_broken_clip_is_reported_and_the_rest_proceeds(manifest, tmp_path):
@@ -344,3 +345,84 @@ def test_variants_per_split():
     assert [v.name for v in variants_for("test", params)] == [ORIGINAL]
     no_copies = make_params({"augment": {"copies": []}})
     assert [v.name for v in variants_for("train", no_copies)] == [ORIGINAL]
+
+
+def training_rows(speakers: int, clips: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "path": f"s{s}/c{c}.wav",
+                "speaker": f"ravdess:{s:02d}",
+                "sha256": f"{s:02x}{c:02x}" * 32,
+            }
+            for s in range(speakers)
+            for c in range(clips)
+        ]
+    )
+
+
+def test_babble_draws_other_training_speakers_and_new_clips_only_displace_choices():
+    training = training_rows(speakers=6, clips=10)
+    chosen = ser.table.extract.babble_talkers(training)
+    for path, rows in chosen.items():
+        speaker = training.set_index("path").loc[path, "speaker"]
+        assert len(rows) == ser.table.extract.TALKERS_PER_CLIP
+        assert speaker not in set(training.iloc[rows]["speaker"])
+    newcomer = training_rows(speakers=7, clips=10).tail(10)
+    grown = pd.concat([training, newcomer], ignore_index=True)
+    again = ser.table.extract.babble_talkers(grown)
+    for path, rows in chosen.items():
+        before, after = set(training.iloc[rows]["path"]), set(grown.iloc[again[path]]["path"])
+        assert after - before <= set(newcomer["path"]), path  # a choice moves to new clips only
+
+
+def test_a_babble_copy_is_keyed_by_its_talkers():
+    params = make_params({"augment": {"copies": [["babble"]]}})
+    copy = Variant(0, ("babble",))
+    assert cache_key("a" * 64, copy, params, LOGMEL, ("b" * 64,)) != cache_key(
+        "a" * 64, copy, params, LOGMEL, ("c" * 64,)
+    )
+    original = Variant(-1, ())
+    assert cache_key("a" * 64, original, params, LOGMEL, ("b" * 64,)) == cache_key(
+        "a" * 64, original, params, LOGMEL
+    )
+
+
+def test_a_copy_that_is_no_longer_speech_stands_for_its_original(manifest, tmp_path):
+    params = make_params(
+        {
+            "features": {"cache_dir": str(tmp_path / "cache")},
+            "augment": {"copies": [["level"]], "level_db": [-200.0, -200.0]},  # silence
+        }
+    )
+    extracted = extract_features(manifest, params)
+    table = extracted.table
+    assert not extracted.errors
+    for _, rows in table[table["split"] == "train"].groupby("path"):
+        original, copy = rows.index
+        assert_same_frames([extracted.frames[original]], [extracted.frames[copy]])
+
+
+def test_babble_copies_mix_in_other_training_speakers(manifest, tmp_path):
+    params = make_params(
+        {
+            "features": {"cache_dir": str(tmp_path / "cache")},
+            "augment": {"copies": [["babble"]], "babble_snr_db": [0.0, 0.0]},
+        }
+    )
+    extracted = extract_features(manifest, params)
+    table = extracted.table
+    assert set(table.loc[table["augmentation"] != ORIGINAL, "augmentation"]) == {"babble"}
+    for _, rows in table[table["split"] == "train"].groupby("path"):
+        original, copy = rows.index
+        assert not np.allclose(extracted.frames[original], extracted.frames[copy])
+
+
+def test_babble_draws_only_from_the_clips_own_talker_pool():
+    training = training_rows(speakers=6, clips=4)
+    pools = training["speaker"].map(lambda s: int(s[-2:]) % 2)  # two pools of three speakers
+    chosen = ser.table.extract.babble_talkers(training.assign(talker_pool=pools))
+    for path, rows in chosen.items():
+        pool = pools[training["path"] == path].item()
+        assert len(rows) == ser.table.extract.TALKERS_PER_CLIP
+        assert set(pools.iloc[rows]) == {pool}

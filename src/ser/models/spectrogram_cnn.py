@@ -164,8 +164,10 @@ def spec_augment(
 class TrainingBatches:
     """Shuffled batches of clips of similar length, with SpecAugment and mixup.
 
-    Each epoch's order and each batch's masks and mixing come from generators seeded
-    by (seed, epoch, batch): training is the same on every run.
+    ``clips`` gives the recording each row comes from: a recording with augmented copies
+    has several rows, of which each epoch draws one, so an epoch takes as many steps with
+    copies as without. Each epoch's draw and order and each batch's masks and mixing come
+    from generators seeded by (seed, epoch, batch): training is the same on every run.
     """
 
     def __init__(
@@ -177,16 +179,21 @@ class TrainingBatches:
         fill: np.ndarray,
         seed: int,
         multiple: int,
+        clips: np.ndarray,
     ) -> None:
         self.frames, self.targets, self.weights = frames, targets, weights
         self.hp, self.fill, self.seed, self.multiple = hp, fill, seed, multiple
         self.lengths = np.array([len(f) for f in frames])
+        self.variants = list(
+            pd.Series(np.arange(len(frames))).groupby(clips, sort=True).agg(np.array)
+        )
         self.epoch = 0
         self.order = self._batches()
 
     def _batches(self) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        shuffled, size = rng.permutation(len(self.frames)), self.hp.batch_size
+        drawn = np.array([rows[rng.integers(len(rows))] for rows in self.variants])
+        shuffled, size = drawn[rng.permutation(len(drawn))], self.hp.batch_size
         batches = []
         for start in range(0, len(shuffled), size * BUCKET_BATCHES):
             run = shuffled[start : start + size * BUCKET_BATCHES]
@@ -280,6 +287,7 @@ class SpectrogramCnn(Model):
             self.fill,
             params.train.seed,
             self.multiple,
+            rows["path"].to_numpy(),
         )
 
     def save(self, directory: Path) -> list[Path]:

@@ -1,7 +1,11 @@
 """Parallel, cached feature extraction for the manifest's clips and their augmented copies.
 
 Each clip variant gets the vectors of ``features.sets`` and its log-mel frames
-(``LOGMEL``), each cached on its own under a hash of everything that determines it.
+(``LOGMEL``), each cached on its own under a hash of everything that determines it. An
+augmented copy is made from the decoded recording, then conditioned like any clip
+(``ser.signal.augment``); ``babble`` mixes in clips of other training speakers, chosen
+for each clip by rendezvous hashing of the contents, so adding clips rarely changes the
+choice of another clip.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from ser.config import AugmentKind, Params
 from ser.ops.atomic import write_with
 from ser.ops.kernels import numpy_targets
 from ser.paths import workspace_root
-from ser.signal.audio import BadAudio, load_clip
-from ser.signal.augment import apply_recipe, clip_rng
+from ser.signal.audio import BadAudio, condition, decode, downmix, resample
+from ser.signal.augment import copy_seed, recipe_augmenter
 from ser.signal.features import feature_names, logmel_frames, set_features
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,7 @@ class ClipJob:
     sha256: str
     variants: tuple[Variant, ...]
     cache_keys: tuple[tuple[str, ...], ...]  # per variant, one key per name of cached_names
+    talkers: tuple[str, ...] = ()  # the files ``babble`` mixes in (other training speakers)
 
 
 def variants_for(split: str, params: Params) -> tuple[Variant, ...]:
@@ -81,8 +86,45 @@ def _set_spec(feature_set: str, params: Params) -> dict[str, object]:
     return {"opensmile": importlib.metadata.version("opensmile")}
 
 
-def cache_key(sha256: str, variant: Variant, params: Params, feature_set: str) -> str:
-    """Content hash of everything that determines one set's vector for one variant of a clip."""
+TALKERS_PER_CLIP = 3
+"""How many other training speakers' clips a clip's ``babble`` copy draws its talker from."""
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """A well-mixed 64-bit hash of each value (SplitMix64's finaliser)."""
+    with np.errstate(over="ignore"):
+        z = values + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+TALKER_POOL = "talker_pool"
+"""An optional manifest column: babble draws only from clips with the same value (the
+benchmark's folds: a clip trains exactly when the other speakers of its fold do)."""
+
+
+def babble_talkers(training: pd.DataFrame) -> dict[str, list[int]]:
+    """For each training clip (by path), the rows of ``training`` whose clips its ``babble``
+    copy may mix in: the ``TALKERS_PER_CLIP`` clips of other speakers (of the same
+    ``TALKER_POOL``, when given) that rank first for it (rendezvous hashing of the contents)."""
+    keys = np.array([int(sha[:16], 16) for sha in training["sha256"]], dtype=np.uint64)
+    speakers = training["speaker"].to_numpy()
+    pools = training[TALKER_POOL].to_numpy() if TALKER_POOL in training else np.zeros(len(keys))
+    chosen = {}
+    for path, key, speaker, pool in zip(training["path"], keys, speakers, pools, strict=True):
+        scores = _splitmix64(keys ^ key)
+        scores[(speakers == speaker) | (pools != pool)] = np.iinfo(np.uint64).max
+        ranked = np.argsort(scores, kind="stable")[:TALKERS_PER_CLIP]
+        chosen[path] = [int(i) for i in ranked if scores[i] != np.iinfo(np.uint64).max]
+    return chosen
+
+
+def cache_key(
+    sha256: str, variant: Variant, params: Params, feature_set: str, talkers: tuple[str, ...] = ()
+) -> str:
+    """Content hash of everything that determines one set's vector for one variant of a clip
+    (``talkers``: the contents of the clips a ``babble`` copy draws from)."""
     spec = {
         "version": CACHE_VERSION,
         "audio": params.audio.model_dump(mode="json"),
@@ -95,6 +137,8 @@ def cache_key(sha256: str, variant: Variant, params: Params, feature_set: str) -
     }
     if variant.recipe:
         spec["augment"] = params.augment.model_dump(mode="json", exclude={"copies"})
+    if "babble" in variant.recipe:
+        spec["talkers"] = list(talkers)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -121,13 +165,30 @@ def _compute(name: str, signal: np.ndarray, params: Params) -> np.ndarray:
     return set_features(name, signal, rate, params.features)
 
 
+def _copy_of(
+    samples: np.ndarray, sample_rate: int, variant: Variant, job: ClipJob, params: Params
+) -> np.ndarray:
+    """The conditioned augmented copy of a decoded clip; the conditioned original, with a log
+    line, when the copy is no usable speech (e.g. made silent by a low level)."""
+    rate = params.audio.sample_rate
+    recording = resample(downmix(samples), sample_rate, rate)
+    augment = recipe_augmenter(variant.recipe, params.augment, job.talkers)
+    copy = augment(recording, rate, copy_seed(params.augment.seed, job.sha256, variant.copy))
+    try:
+        return condition(copy, rate, params.audio)
+    except BadAudio as error:
+        log.info("%s: copy %s unusable (%s); the original stands in", job.path, variant.name, error)
+        return condition(samples, sample_rate, params.audio)
+
+
 def _extract(job: ClipJob, params: Params) -> str | None:
     """Compute and cache every missing variant of one clip; return an error or None."""
     try:
-        signal = load_clip(Path(job.path), params.audio)
+        samples, sample_rate = decode(Path(job.path), params.audio.max_duration)
+        original = condition(samples, sample_rate, params.audio)
     except BadAudio as error:
         return str(error)
-    rate, cache_dir = params.audio.sample_rate, cache_root(params)
+    cache_dir = cache_root(params)
     for variant, keys in zip(job.variants, job.cache_keys, strict=True):
         missing = [
             (name, key)
@@ -136,12 +197,11 @@ def _extract(job: ClipJob, params: Params) -> str | None:
         ]
         if not missing:
             continue
-        copy = signal
-        if variant.recipe:
-            rng = clip_rng(params.augment.seed, job.sha256, variant.copy)
-            copy = apply_recipe(signal, rate, list(variant.recipe), params.augment, rng)
+        signal = (
+            _copy_of(samples, sample_rate, variant, job, params) if variant.recipe else original
+        )
         for name, key in missing:
-            values = _compute(name, copy, params)
+            values = _compute(name, signal, params)
             if not np.all(np.isfinite(values)):
                 return f"{name} features are not finite ({variant.name})"
             write_with(_cache_file(cache_dir, key), lambda path, v=values: np.save(path, v))
@@ -193,13 +253,18 @@ def extract_features(manifest: pd.DataFrame, params: Params) -> Extracted:
     column) and of the augmented copies of its training clips."""
     jobs, pending = [], []
     cache_dir = cache_root(params)
+    training = manifest[manifest["split"] == "train"].reset_index(drop=True)
+    babble = any("babble" in recipe for recipe in params.augment.copies)
+    talkers = babble_talkers(training) if babble and len(training) else {}
     for row in manifest.itertuples(index=False):
         variants = variants_for(row.split, params)
+        chosen = training.iloc[talkers.get(row.path, [])]
+        shas = tuple(chosen["sha256"])
         keys = tuple(
-            tuple(cache_key(row.sha256, v, params, name) for name in cached_names(params))
+            tuple(cache_key(row.sha256, v, params, name, shas) for name in cached_names(params))
             for v in variants
         )
-        job = ClipJob(row.path, row.sha256, variants, keys)
+        job = ClipJob(row.path, row.sha256, variants, keys, tuple(chosen["path"]))
         jobs.append(job)
         if not all(_cache_file(cache_dir, key).is_file() for per_set in keys for key in per_set):
             pending.append(job)
@@ -211,7 +276,9 @@ def extract_features(manifest: pd.DataFrame, params: Params) -> Extracted:
     stats = ExtractionStats(len(jobs), 0, len(pending), time.perf_counter() - started)
 
     rows, vectors, frames = [], [], []
-    meta = manifest.drop(columns=["duration", "sample_rate", "channels", "sha256"])
+    meta = manifest.drop(
+        columns=["duration", "sample_rate", "channels", "sha256", TALKER_POOL], errors="ignore"
+    )
     for job, record in zip(jobs, meta.to_dict("records"), strict=True):
         if job.path in errors:
             continue
