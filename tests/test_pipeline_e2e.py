@@ -1,7 +1,7 @@
 """The real `dvc repro`, `dvc exp run --queue` and a fresh `git clone` on a tiny generated corpus.
 
 One project repository is shared by the tests of this module, in file order: a full
-reproduction of the default kind (fusion, its spectrogram CNN tiny), committed with its
+reproduction of the fusion kind (both members, its spectrogram CNN tiny), committed with its
 reports; a forced reproduction that must give the same bytes; three queued experiments
 that swap in a linear kind, two of which train the same model bytes; then `dvc exp apply`,
 `ser promote` and fresh clones that show every committed result without a DVC remote.
@@ -35,6 +35,8 @@ REPORTS = [
     "reports/metrics.json",
     "reports/predictions.csv",
     "reports/preprocess.json",
+    "reports/reliability.csv",
+    "reports/reliability.png",
     "reports/train.json",
     "reports/training_curve.csv",
 ]
@@ -58,8 +60,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project repository with 84 generated clips (6 speakers) after `dvc repro`, committed."""
     corpus = tmp_path_factory.mktemp("corpus")
     write_ravdess_corpus(corpus)
-    # a short C grid: fusion's logreg fits fewer, and `make exp-show` has a narrower baseline
-    override = {"linear": {"C_grid": [0.01, 1.0]}}
+    # fusion trains both members (the default kind is its spectrogram CNN); a short C grid:
+    # fusion's logreg fits fewer, and `make exp-show` has a narrower baseline
+    override = {"model": {"kind": "fusion"}, "linear": {"C_grid": [0.01, 1.0]}}
     repository = make_project_repo(tmp_path_factory.mktemp("e2e") / "repo", corpus, override)
     run(["dvc", "repro"], repository)
     run(["git", "add", "-A"], repository)
@@ -85,8 +88,15 @@ def training_runs(repository: Path) -> list:
 def test_metrics_and_outputs(repo):
     metrics = read_json(repo / "reports/metrics.json")
     assert set(metrics) == {"test"}
-    assert set(metrics["test"]) == {"accuracy", "uar", "macro_f1", "clips"}
-    assert 0 <= metrics["test"]["uar"] <= 1
+    assert set(metrics["test"]) == {
+        "accuracy",
+        "uar",
+        "macro_f1",
+        "clips",
+        "ece",
+        "ece_uncalibrated",
+    }
+    assert 0 <= metrics["test"]["uar"] <= 1 and 0 <= metrics["test"]["ece"] <= 1
     report = read_json(repo / "reports/preprocess.json")
     assert metrics["test"]["clips"] == report["splits"]["test"]["clips"]
     assert report["skipped"] == 0 and "extraction" not in report  # no run-specific facts
@@ -100,6 +110,7 @@ def test_metrics_and_outputs(repo):
         "fusion.json",
         "logreg/model.joblib",
         "logreg/preprocessing.joblib",
+        "monitor_reference.parquet",
         "spectrogram_cnn/spectrogram_cnn.keras",
     ]
     assert read_json(models / "classifier.json")["kind"] == "fusion"
@@ -121,8 +132,10 @@ def test_plots_are_rendered_by_dvc(repo):
     assert set(plots) == {
         "reports/training_curve.csv",
         "reports/predictions.csv",
+        "reports/reliability.csv",
         "Loss",
         "Accuracy",
+        "Reliability",
     }
     for rendered in plots.values():
         assert rendered[0]["type"] == "vega"
@@ -197,7 +210,7 @@ def test_a_fresh_clone_shows_every_result_offline_in_seconds(repo, tmp_path):
     timed(["dvc", "plots", "show"], clone)
     page = (clone / "dvc_plots" / "index.html").read_text(encoding="utf-8")
     assert "window.vegaEmbed=" in page and "cdn.jsdelivr.net" not in page  # offline page
-    assert page.count("vegaEmbed('#") == 4  # two curves, the confusion matrix, the curve file
+    assert page.count("vegaEmbed('#") == 6  # dvc.yaml's three plots and three stages' files
 
 
 def test_checkout_restores_every_cached_output(repo):
@@ -416,7 +429,7 @@ def test_apply_then_promote_judges_the_applied_model(repo):
     assert promoted == {"high": "high", "low-again": "low-again"}
 
     assert sorted(p.name for p in (repo / "models").iterdir()) == sorted(
-        ["model.joblib", "preprocessing.joblib", "classifier.json"]
+        ["model.joblib", "preprocessing.joblib", "classifier.json", "monitor_reference.parquet"]
     )
     with (repo / "reports/training_curve.csv").open() as handle:
         assert [float(row["C"]) for row in csv.DictReader(handle)] == [0.001]

@@ -9,12 +9,14 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from conftest import PROJECT_ROOT, run
 
 from ser import EMOTIONS
+from ser.metrics import reliability_curve
 from ser.ops.plots_page import PlotsError, configured_page, offline_page
 
 EPOCHS = 6
@@ -98,6 +100,15 @@ def _write_reports(repo: Path) -> None:
             "confidence": 0.5,
         }
     ).to_csv(repo / "reports" / "predictions.csv", index=False)
+    clips = 8 * len(EMOTIONS)
+    confidence = np.linspace(0.15, 0.95, clips)  # the top probability, in bins 0.1 to 1
+    others = (1 - confidence) / (len(EMOTIONS) - 1)
+    top = np.eye(len(EMOTIONS), dtype=bool)[np.arange(clips) % len(EMOTIONS)]
+    probabilities = np.where(top, confidence[:, None], others[:, None])
+    labels = np.arange(clips) % 3  # right about one clip in three
+    reliability_curve(probabilities**1.5, probabilities, labels).to_csv(
+        repo / "reports" / "reliability.csv", index=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +153,8 @@ def test_dvc_plots_show_draws_every_plot_with_no_network(plots_repo: Path) -> No
         cells = svg.count('aria-roledescription="rect mark"')
         if plot_id == "reports_predictions_csv":  # the confusion matrix: a cell per pair
             assert cells >= 2 * len(EMOTIONS), plot_id
+        elif "eliability" in plot_id:  # a vertex per confidence bin with clips in it
+            assert lines and all(line.count(",") >= 9 for line in lines), plot_id
         else:  # a training curve: one vertex per epoch
             assert lines and all(line.count(",") == EPOCHS for line in lines), plot_id
 

@@ -63,8 +63,10 @@ def band_mean(model) -> np.ndarray:
 
 
 def frames_mean(rows: pd.DataFrame) -> np.ndarray:
-    originals = rows[rows["augmentation"] == "none"]
-    return np.concatenate(originals[FRAMES_COLUMN].tolist()).mean(axis=0)
+    """The per-band mean of the frames the spectrogram CNN trains on: with
+    ``augmented_copies`` (the default), every row's, copies included."""
+    assert make_params().spectrogram_cnn.augmented_copies
+    return np.concatenate(rows[FRAMES_COLUMN].tolist()).mean(axis=0)
 
 
 CHOSEN_SECTIONS = {
