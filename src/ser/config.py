@@ -160,7 +160,7 @@ class FrameParams(_Section):
 
 
 class ModelParams(_Section):
-    kind: ModelKind = "fusion"
+    kind: ModelKind = "spectrogram_cnn"
 
 
 class PreprocessingParams(_Section):
@@ -314,7 +314,7 @@ class SpeechParams(_Section):
     answered, judged by a voice-activity detector on the audio as given."""
 
     threshold: float = Field(0.3, gt=0, lt=1)
-    min_speech_seconds: float = Field(0.15, ge=0)
+    min_speech_seconds: float = Field(0.2, ge=0)
 
 
 class CalibrationParams(_Section):

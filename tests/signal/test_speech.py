@@ -75,7 +75,7 @@ def test_a_zero_minimum_turns_the_gate_off():
     assert stats.speech_seconds == 0
     assert no_speech_reason(stats, SpeechParams(min_speech_seconds=0)) is None
     assert no_speech_reason(stats, GATE) == (
-        "no speech: 0.00 s of speech detected (speech.min_speech_seconds is 0.15 s)"
+        "no speech: 0.00 s of speech detected (speech.min_speech_seconds is 0.2 s)"
     )
 
 

@@ -32,6 +32,10 @@ CLIPPED = 0.999
 """A sample at or above this magnitude (of full scale) counts as clipped."""
 FLOOR_DB = -200.0
 """The level reported for digital silence (log of zero)."""
+VAD_LEVEL_DBFS = -25.0
+"""The RMS level a clip is brought to before the VAD hears it. Silero's probabilities fall
+with the level: a RAVDESS clip 45 dB quieter was never speech to it, though the words are
+clear. Noise, tones and near-silence brought up to this level are still no speech."""
 HIGH_BAND_HZ = 4_000
 """Where the high band starts: a phone line (300-3400 Hz) or an 8 kHz file has nothing above."""
 
@@ -98,6 +102,14 @@ def level_dbfs(signal: np.ndarray) -> float:
     return 10 * np.log10(power) if power > 0 else FLOOR_DB
 
 
+def at_level(signal: np.ndarray, target_dbfs: float) -> np.ndarray:
+    """``signal`` scaled to an RMS level of ``target_dbfs`` (digital silence stays silent)."""
+    level = level_dbfs(signal)
+    if level == FLOOR_DB:
+        return signal
+    return (signal * 10 ** ((target_dbfs - level) / 20)).astype(np.float32)
+
+
 def clipping_ratio(samples: np.ndarray) -> float:
     """Share of samples (of every channel) at full scale."""
     return float(np.mean(np.abs(samples) >= CLIPPED)) if samples.size else 0.0
@@ -139,7 +151,7 @@ def describe(samples: np.ndarray, sample_rate: int, threshold: float) -> ClipSta
     VAD's probability reaches ``threshold``."""
     mono = remove_dc(downmix(samples).astype(np.float32))
     at_vad_rate = resample(mono, sample_rate, VAD_RATE)
-    speech = speech_probabilities(at_vad_rate) >= threshold
+    speech = speech_probabilities(at_level(at_vad_rate, VAD_LEVEL_DBFS)) >= threshold
     return ClipStats(
         duration=len(samples) / sample_rate,
         sample_rate=sample_rate,
