@@ -53,8 +53,11 @@ EXP_SHOW_ARGS ?=
 exp-show: install  ## the experiments table, narrowed to what was swept and the headline metrics
 	dvc exp show --only-changed --keep '$(EXP_SHOW_KEEP)' --drop '$(EXP_SHOW_DROP)' $(EXP_SHOW_ARGS)
 
+# Two pytest-xdist workers: much of the suite waits on dvc, MLflow, Airflow and PostgreSQL
+# subprocesses, which overlap; each test file runs whole on one worker, in file order.
+TEST_WORKERS ?= 2
 test: install  ## the test suite (CI runs this)
-	pytest
+	pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	ruff format --check src tests dags benchmarks
@@ -89,7 +92,14 @@ benchmark: install  ## speed figures on the shared RAVDESS (see README)
 # fusion's row also scores its members (the spectrogram CNN and logreg on ComParE) alone;
 # linear_svm on ComParE is left out: its calibrated fit takes over 10 minutes a fold (README)
 benchmark-accuracy: install  ## grouped k-fold CV by speaker, model kinds x feature sets (see README)
-	python benchmarks/accuracy.py --sets compare --kinds fusion seed_cnn logreg
+	python benchmarks/accuracy.py --sets compare --kinds fusion seed_cnn linear_svm
+
+.PHONY: benchmark-robustness benchmark-speech-gate
+benchmark-robustness: install  ## the accuracy benchmark's folds under noise, telephone, rooms, level, clipping (docs/benchmarks.md)
+	python benchmarks/robustness.py --kinds fusion seed_cnn linear_svm
+
+benchmark-speech-gate: install  ## the speech gate's thresholds, refusals and cost (docs/monitoring.md)
+	python benchmarks/speech_gate.py
 
 .PHONY: benchmark-seeds golden
 benchmark-seeds: install  ## after `make repro`: test UAR of its training over 5 seeds (docs/reproducibility.md)

@@ -229,6 +229,40 @@ def markdown(rows: list[dict[str, object]], info: dict[str, object]) -> str:
     return "\n".join(lines) + f"\n\nUAR % on unseen speakers, mean ± sd over folds. {about}\n"
 
 
+def save_robustness(
+    per_condition: dict[str, dict[str, list[float]]],
+    params: Params,
+    args: argparse.Namespace,
+    info: dict[str, object],
+) -> str:
+    """Write ``robustness.{json,md}`` from the folds scored so far (``info`` says how many),
+    keeping earlier rows of kinds not run now; returns the Markdown table."""
+    rows = [
+        {
+            "kind": kind,
+            "conditions": {
+                name: [float(np.mean(values)), float(np.std(values))]
+                for name, values in conditions_of_kind.items()
+            },
+            "folds": conditions_of_kind,
+            "settings": settings(params, args.corpus, args.folds, kind),
+            "measured": machine(),
+        }
+        for kind, conditions_of_kind in per_condition.items()
+    ]
+    rows += [
+        row
+        for row in previous_rows(args.out / "robustness.json", params, args.corpus, args.folds)
+        if row["kind"] not in per_condition
+    ]
+    rows.sort(key=lambda row: list(MODULE_OF).index(row["kind"]))
+    out = args.out / "robustness"
+    text = markdown(rows, info)
+    write_json(out.with_suffix(".json"), {"machine": info, "conditions": CONDITIONS, "rows": rows})
+    write_with(out.with_suffix(".md"), lambda path: path.write_text(text))
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=SHARED_RAVDESS, help="corpus folder")
@@ -267,32 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                         condition_name
                     ].append(value)
                 log.info("fold %d %s: %s", index, name, {k: round(v, 3) for k, v in scores.items()})
+        # a long run leaves what it has: the folds scored so far, said as such
+        save_robustness(per_condition, params, args, info | {"folds_scored": index + 1})
 
-    rows = [
-        {
-            "kind": kind,
-            "conditions": {
-                name: [float(np.mean(values)), float(np.std(values))]
-                for name, values in conditions_of_kind.items()
-            },
-            "folds": conditions_of_kind,
-            "settings": settings(params, args.corpus, args.folds, kind),
-            "measured": machine(),
-        }
-        for kind, conditions_of_kind in per_condition.items()
-    ]
-    rows += [
-        row
-        for row in previous_rows(args.out / "robustness.json", params, args.corpus, args.folds)
-        if row["kind"] not in per_condition
-    ]
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     info["benchmark_seconds"] = round(time.perf_counter() - started, 1)
-    out = args.out / "robustness"
-    text = markdown(rows, info)
-    rows.sort(key=lambda row: list(MODULE_OF).index(row["kind"]))
-    write_json(out.with_suffix(".json"), {"machine": info, "conditions": CONDITIONS, "rows": rows})
-    write_with(out.with_suffix(".md"), lambda path: path.write_text(text))
+    text = save_robustness(per_condition, params, args, info)
     accuracy = args.out / "accuracy"
     fresh = [
         aggregate("+".join(params.features.sets), kind, results)
