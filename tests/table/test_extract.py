@@ -418,6 +418,27 @@ def test_babble_copies_mix_in_other_training_speakers(manifest, tmp_path):
         assert not np.allclose(extracted.frames[original], extracted.frames[copy])
 
 
+def test_with_one_training_speaker_a_babble_copy_is_made_without_babble(
+    manifest, tmp_path, caplog
+):
+    one_speaker = manifest[manifest["split"] != "train"].assign(split="train")
+    one_speaker = one_speaker[one_speaker["speaker"] == one_speaker["speaker"].iloc[0]]
+    params = make_params(
+        {
+            "features": {"cache_dir": str(tmp_path / "cache")},
+            "augment": {"copies": [["babble", "level"]], "level_db": [-20.0, -20.0]},
+        }
+    )
+    extracted = extract_features(one_speaker, params)
+    assert not extracted.errors
+    assert "no other training speaker to mix in" in caplog.text
+    table = extracted.table
+    assert (table["augmentation"] != ORIGINAL).sum() == len(one_speaker)
+    for _, rows in table.groupby("path"):
+        original, copy = rows.index
+        assert not np.allclose(extracted.frames[original], extracted.frames[copy])
+
+
 def test_babble_draws_only_from_the_clips_own_talker_pool():
     training = training_rows(speakers=6, clips=4)
     pools = training["speaker"].map(lambda s: int(s[-2:]) % 2)  # two pools of three speakers

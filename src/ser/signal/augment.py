@@ -136,10 +136,12 @@ def recipe_augmenter(
 ) -> Callable[[np.ndarray, int, int], np.ndarray]:
     """``augment(signal, sample_rate, seed)``: the recipe's transforms in order, then the
     copy stored as 16-bit PCM, as a recording is. ``talkers`` are the audio files ``babble``
-    mixes in (other training speakers' clips)."""
+    mixes in (other training speakers' clips); without any, ``babble`` is left out of the
+    recipe (a training split of one speaker has no other talker to mix in)."""
     import audiomentations as au
 
-    chain = au.Compose([_transform(kind, params, talkers) for kind in recipe])
+    kinds = [kind for kind in recipe if kind != "babble" or talkers]
+    chain = au.Compose([_transform(kind, params, talkers) for kind in kinds])
 
     def augment(signal: np.ndarray, sample_rate: int, seed: int) -> np.ndarray:
         random.seed(seed)  # audiomentations draws from both global generators

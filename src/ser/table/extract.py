@@ -256,6 +256,13 @@ def extract_features(manifest: pd.DataFrame, params: Params) -> Extracted:
     training = manifest[manifest["split"] == "train"].reset_index(drop=True)
     babble = any("babble" in recipe for recipe in params.augment.copies)
     talkers = babble_talkers(training) if babble and len(training) else {}
+    alone = sum(not chosen for chosen in talkers.values())
+    if alone:
+        log.warning(
+            "augment.copies: %d training clip(s) have no other training speaker to mix in; "
+            "their babble copies are made without babble",
+            alone,
+        )
     for row in manifest.itertuples(index=False):
         variants = variants_for(row.split, params)
         chosen = training.iloc[talkers.get(row.path, [])]
