@@ -213,10 +213,12 @@ def measure_repro(corpus: Path, repo: Path) -> list[Row]:
     return rows
 
 
-def measure_latency(model_dir: Path, clips: list[Path]) -> list[Row]:
-    """One clip at a time, as ``ser predict`` does: decoding, the speech gate, conditioning
-    and features, then the model; and the model alone on the same clips' inputs."""
+def measure_latency(model_dir: Path, clips: list[Path], scratch: Path) -> list[Row]:
+    """One clip at a time, as ``ser predict --log`` does: decoding, the speech gate,
+    conditioning and features, then the model; the model alone on the same clips' inputs;
+    and what recording each answer in the inference log costs the request path."""
     from ser.models.bundle import Classifier  # TensorFlow only now: extraction above forks
+    from ser.serve.inference_log import InferenceLog, ModelIdentity, ParquetSink
     from ser.serve.predict import feature_rows, featurise, predict_clips
 
     started = time.perf_counter()
@@ -229,20 +231,31 @@ def measure_latency(model_dir: Path, clips: list[Path]) -> list[Row]:
         return feature_rows([vector], [frames], classifier)
 
     list(predict_clips([(clips[0], clips[0])], classifier))  # builds the network's function
-    totals, networks = [], []
+    log = InferenceLog(ParquetSink(scratch / "log"), ModelIdentity("benchmark", "-"), "predict")
+    totals, networks, records = [], [], []
     for path in clips:
         started = time.perf_counter()
-        list(predict_clips([(path, path)], classifier))
+        answers = list(predict_clips([(path, path)], classifier))
         totals.append(1000 * (time.perf_counter() - started))
+        started = time.perf_counter()
+        log.record(answers)
+        records.append(1000 * (time.perf_counter() - started))
         rows = inputs(path)
         started = time.perf_counter()
         classifier.predict_proba(rows)
         networks.append(1000 * (time.perf_counter() - started))
+    log.close()
     return [
         Row(f"model load ({model_dir})", load_seconds, "s"),
         Row(f"predict one clip, median of {len(clips)}", statistics.median(totals), "ms", "<= 50"),
         Row("predict one clip, p95", float(np.percentile(totals, 95)), "ms", "<= 50"),
         Row("  of which model, median", statistics.median(networks), "ms"),
+        Row(
+            f"  inference log record, p95 ({log.written} written)",
+            float(np.percentile(records, 95)),
+            "ms",
+            "<= 1",
+        ),
     ]
 
 
@@ -308,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = Path(scratch) / "project" / "models"
         if (model_dir / "classifier.json").is_file():
             clips = [Path(p) for p in every_nth(manifest, LATENCY_CLIPS)["path"]]
-            rows += measure_latency(model_dir, clips)
+            rows += measure_latency(model_dir, clips, Path(scratch))
         else:
             log.warning("no trained model in %s: latency skipped", model_dir)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -75,15 +74,13 @@ def test_parquet_records_are_partitioned_by_day_and_read_back_by_window(tmp_path
     assert ParquetSink(tmp_path / "none").read(early - timedelta(days=1), early).empty
 
 
-def test_recording_costs_the_request_path_well_under_a_millisecond(tmp_path):
+def test_records_queued_in_a_burst_are_all_written_by_the_background_thread(tmp_path):
+    """(What recording costs the request path is benchmarks/pipeline_speed.py's to measure.)"""
     log = InferenceLog(ParquetSink(tmp_path), MODEL, "serve")
     batch = answers()[:1]
-    started = time.perf_counter()
     for _ in range(2000):
         log.record(batch)
-    per_clip_ms = 1000 * (time.perf_counter() - started) / 2000
     log.close()
-    assert per_clip_ms < 1.0, per_clip_ms
     assert log.written == 2000 and log.lost == 0
     written = ParquetSink(tmp_path).read(datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC))
     assert len(written) == 2000
