@@ -418,9 +418,7 @@ def test_babble_copies_mix_in_other_training_speakers(manifest, tmp_path):
         assert not np.allclose(extracted.frames[original], extracted.frames[copy])
 
 
-def test_with_one_training_speaker_a_babble_copy_is_made_without_babble(
-    manifest, tmp_path, caplog
-):
+def test_with_one_training_speaker_a_babble_copy_is_made_without_babble(manifest, tmp_path, caplog):
     one_speaker = manifest[manifest["split"] != "train"].assign(split="train")
     one_speaker = one_speaker[one_speaker["speaker"] == one_speaker["speaker"].iloc[0]]
     params = make_params(
