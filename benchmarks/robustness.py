@@ -82,10 +82,15 @@ CONDITIONS = (
 )
 
 
-def condition_rng(name: str, clip_sha256: str) -> np.random.Generator:
-    """The generator of one condition for one clip, from the benchmark's own namespace."""
+def condition_seed(name: str, clip_sha256: str) -> int:
+    """The seed of one condition for one clip, from the benchmark's own namespace."""
     key = f"{SEED_NAMESPACE}:{name}:{clip_sha256}".encode()
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
+
+
+def condition_rng(name: str, clip_sha256: str) -> np.random.Generator:
+    """The generator of one condition for one clip."""
+    return np.random.default_rng(condition_seed(name, clip_sha256))
 
 
 def recorded(
