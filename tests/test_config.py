@@ -248,7 +248,8 @@ def test_flatten_gives_dotted_scalar_keys():
     assert flat["data.raw_dir"] == "data/raw"
     assert flat["seed_cnn.filters"] == "64,128,256"
     assert flat["model.kind"] == "logreg"
-    assert flat["frames.fmax"] == 8000.0
+    assert flat["frames.fmax"] == 4000.0
+    assert flat["frames.top_db"] == 60.0
     assert flat["tune.space.spectrogram_cnn.base_channels"] == "16,24,32"
     assert flat["augment.copies"] == "['noise', 'pitch']"
     assert all(v is None or isinstance(v, (str, int, float, bool)) for v in flat.values())

@@ -147,7 +147,8 @@ class FrameParams(_Section):
     win_length: int = Field(640, ge=16)
     hop_length: int = Field(320, ge=16)
     fmin: float = Field(50.0, ge=0)
-    fmax: float | None = Field(8000.0, gt=0)
+    fmax: float | None = Field(4000.0, gt=0)
+    top_db: float | None = Field(60.0, gt=0)
     max_frames: int = Field(150, ge=16)
 
     @model_validator(mode="after")

@@ -133,7 +133,8 @@ def _frames_bank(
 
 
 def logmel_frames(signal: np.ndarray, sample_rate: int, params: FrameParams) -> np.ndarray:
-    """Log-mel power in dB (frames x ``n_mels``), centre-cropped to ``max_frames`` frames."""
+    """Log-mel power in dB (frames x ``n_mels``), floored ``top_db`` under the clip's loudest
+    cell, centre-cropped to ``max_frames`` frames."""
     if len(signal) < params.win_length:
         signal = np.pad(signal, (0, params.win_length - len(signal)))
     spectrum = librosa.stft(
@@ -141,6 +142,6 @@ def logmel_frames(signal: np.ndarray, sample_rate: int, params: FrameParams) -> 
     )
     bank = _frames_bank(sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
     power = filter_power(bank, np.square(np.abs(spectrum)))  # librosa's melspectrogram, BLAS-free
-    frames = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None).T
+    frames = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=params.top_db).T
     start = max(0, (len(frames) - params.max_frames) // 2)
     return np.ascontiguousarray(frames[start : start + params.max_frames], dtype=np.float32)
