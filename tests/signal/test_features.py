@@ -234,7 +234,13 @@ def test_logmel_bands_track_where_the_energy_is():
 def test_frame_settings_change_the_frames():
     signal = tone(0.5, 440) + noise(0.5, 0.01, seed=1)
     base = logmel_frames(signal, SAMPLE_RATE, FRAMES)
-    for update in ({"n_mels": 24}, {"hop_length": 160}, {"fmin": 300.0}, {"fmax": 8000.0}, {"top_db": 30.0}):
+    for update in (
+        {"n_mels": 24},
+        {"hop_length": 160},
+        {"fmin": 300.0},
+        {"fmax": 8000.0},
+        {"top_db": 30.0},
+    ):
         other = logmel_frames(signal, SAMPLE_RATE, FRAMES.model_copy(update=update))
         assert other.shape != base.shape or not np.allclose(other, base), update
     np.testing.assert_array_equal(base, logmel_frames(signal, SAMPLE_RATE, FRAMES))
