@@ -3,11 +3,15 @@
 The speakers are dealt into ``--folds`` folds, both sexes in each. Fold i is the test
 fold, touched once to score; fold i+1 holds the validation speakers, which make every
 choice (early stopping and the learning-rate schedule of the seed CNN, C of the linear
-models, the fusion weight); the remaining folds train. Augmented copies are made for
-training clips only, as in the pipeline. Every (feature set, model kind) pair of the
+models, the fusion weight, the temperature that calibrates the probabilities); the
+remaining folds train. Augmented copies are made for training clips only, as in the pipeline. Every (feature set, model kind) pair of the
 grid is trained with params.yaml as it is (``train.refit_on_val`` included), so the
 row of the default kind and feature set is the default pipeline. The fusion row also
-scores its two members alone. No tuning, no test-speaker statistics.
+scores its two members alone. Each row also has the calibration a user would meet: the
+test ECE before and after the temperature train fits on the validation speakers, pooled over
+every test clip, beside what a calibrated model would score on as many clips by chance, and,
+with ``train.refit_on_val``, the UAR and ECE of the model validation chose before the
+refit. No tuning, no test-speaker statistics.
 
 Prints a table and writes it, with per-fold numbers, to ``--out`` (.md and .json) after
 each pair. Rows of an earlier run with the same settings (params, corpus, folds) are
@@ -34,10 +38,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 from ser import EMOTIONS, ORIGINAL
 from ser.config import Params, load_params
 from ser.corpus.manifest import scan
-from ser.metrics import summary, uar
+from ser.metrics import reliability, summary, uar
 from ser.models import MODULE_OF, kind_named
 from ser.models.base import CLIP_INPUT, FRAMES_INPUT, Model, label_indices
-from ser.models.fitting import train_model
+from ser.models.calibration import fit_calibration
+from ser.models.fitting import Trained, train_model
 from ser.models.fusion import Fusion
 from ser.ops.atomic import write_json, write_with
 from ser.signal.features import feature_names
@@ -63,6 +68,67 @@ class FoldResult:
     fit_seconds: float
     predict_ms_per_clip: float
     members_uar: dict[str, float]  # a fusion's members scored alone on the same test fold
+    calibration: dict[str, object]  # see calibration_of
+
+
+Bins = list[list[float]]
+"""Per confidence bin of :func:`ser.metrics.reliability`: clips, sum of confidences, right
+answers; sums, so that the bins of the folds add up to those of every test clip."""
+
+FLOOR_DRAWS = 2000
+
+
+def bin_sums(probabilities: np.ndarray, labels: np.ndarray) -> Bins:
+    table = reliability(probabilities, labels).fillna(0.0)
+    return [
+        [int(n), float(n * confidence), float(n * accuracy)]
+        for n, confidence, accuracy in table[["clips", "confidence", "accuracy"]].to_numpy()
+    ]
+
+
+def ece_of(bins: Bins) -> float:
+    """The expected calibration error of the clips behind ``bins``."""
+    clips = sum(n for n, _, _ in bins)
+    return sum(abs(confidence - right) for _, confidence, right in bins) / max(1, clips)
+
+
+def chance_ece(bins: Bins, seed: int = 0) -> float:
+    """The mean ECE of a perfectly calibrated model at the confidences of ``bins`` (each
+    bin's clips right with its mean confidence, drawn at random): the ECE that as many clips
+    show by chance alone."""
+    rng = np.random.default_rng(seed)
+    counts = np.array([n for n, _, _ in bins], dtype=np.int64)
+    confidence = np.array([c / n if n else 0.0 for n, c, _ in bins])
+    right = rng.binomial(counts, confidence, size=(FLOOR_DRAWS, len(bins)))
+    return float(np.abs(right - counts * confidence).sum(axis=1).mean() / max(1, counts.sum()))
+
+
+def calibration_of(
+    trained: Trained,
+    test_rows: pd.DataFrame,
+    probabilities: np.ndarray,
+    val_rows: pd.DataFrame,
+    params: Params,
+) -> dict[str, object]:
+    """The temperature train would save, the test ECE before and after it, and (after a
+    refit) the UAR and calibration of the model validation chose, which T was fitted on."""
+    truth = label_indices(test_rows)
+    calibration = fit_calibration(
+        trained.val_probabilities, label_indices(val_rows), params.calibration
+    )
+    scores: dict[str, object] = {
+        "temperature": calibration.temperature,
+        "bins_uncalibrated": bin_sums(probabilities, truth),
+        "bins": bin_sums(calibration.apply(probabilities), truth),
+    }
+    if trained.fitted.model is not trained.model:
+        chosen = trained.fitted.model.predict_proba(test_rows)
+        scores |= {
+            "chosen_uar": uar(truth, chosen.argmax(axis=1)),
+            "chosen_bins_uncalibrated": bin_sums(chosen, truth),
+            "chosen_bins": bin_sums(calibration.apply(chosen), truth),
+        }
+    return scores
 
 
 def speaker_folds(manifest: pd.DataFrame, n_folds: int, seed: int) -> list[list[str]]:
@@ -141,6 +207,7 @@ def fit_fold(
         fit_seconds,
         1000 * predict_seconds / len(test_rows),
         members,
+        calibration_of(trained, test_rows, probabilities, val_rows, params),
     )
     return result, trained.model
 
@@ -176,8 +243,33 @@ def aggregate(feature_set: str, kind: str, results: list[FoldResult]) -> dict[st
             for name in results[0].members_uar
             for scores in [[r.members_uar[name] for r in results]]
         },
+        "calibration": pooled_calibration(results),
         "folds": [asdict(r) for r in results],
     }
+
+
+def pooled_calibration(results: list[FoldResult]) -> dict[str, float]:
+    """ECE over every test clip of the folds (each fold calibrated by its own temperature),
+    the ECE that chance alone gives as many clips, and the chosen model's figures."""
+
+    def pooled(key: str) -> Bins:
+        return np.sum([r.calibration[key] for r in results], axis=0).tolist()
+
+    scores = {
+        "temperature": float(np.mean([r.calibration["temperature"] for r in results])),
+        "ece_uncalibrated": ece_of(pooled("bins_uncalibrated")),
+        "ece": ece_of(pooled("bins")),
+        "ece_by_chance": chance_ece(pooled("bins")),
+    }
+    if all("chosen_uar" in r.calibration for r in results):
+        chosen_uar = [r.calibration["chosen_uar"] for r in results]
+        scores |= {
+            "chosen_uar_mean": float(np.mean(chosen_uar)),
+            "chosen_uar_std": float(np.std(chosen_uar)),
+            "chosen_ece_uncalibrated": ece_of(pooled("chosen_bins_uncalibrated")),
+            "chosen_ece": ece_of(pooled("chosen_bins")),
+        }
+    return scores
 
 
 def markdown(rows: list[dict[str, object]], info: dict[str, object]) -> str:
@@ -205,8 +297,30 @@ def markdown(rows: list[dict[str, object]], info: dict[str, object]) -> str:
                 f"\n{r['kind']} on {r['features']}: its member {name} alone scored "
                 f"{100 * mean:.1f} ± {100 * std:.1f} % UAR on the same test folds."
             )
+    for r in rows:
+        if "calibration" in r:
+            lines.append(calibration_line(r))
     about = ", ".join(f"{k}: {v}" for k, v in info.items())
     return "\n".join(lines) + f"\n\n{about}\n"
+
+
+def calibration_line(row: dict[str, object]) -> str:
+    """A row's calibration in a sentence."""
+    c = row["calibration"]
+    clips = sum(n for fold in row["folds"] for n, _, _ in fold["calibration"]["bins"])
+    line = (
+        f"\n{row['kind']} on {row['features']}: test ECE {c['ece_uncalibrated']:.3f} before, "
+        f"{c['ece']:.3f} after the temperature fitted on each fold's validation speakers "
+        f"(mean T {c['temperature']:.2f}), over {clips} test clips, where a perfectly "
+        f"calibrated model scores {c['ece_by_chance']:.3f} by chance."
+    )
+    if "chosen_uar_mean" in c:
+        line += (
+            f" The model validation chose, before the refit: UAR "
+            f"{100 * c['chosen_uar_mean']:.1f} ± {100 * c['chosen_uar_std']:.1f} %, ECE "
+            f"{c['chosen_ece_uncalibrated']:.3f} before and {c['chosen_ece']:.3f} after T."
+        )
+    return line
 
 
 MEMBER_SECTIONS = {"fusion": ("spectrogram_cnn", "linear")}

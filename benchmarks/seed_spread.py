@@ -5,7 +5,8 @@ Reads what ``dvc repro`` left (params.yaml, tuning/hyperparams.json, data/proces
 changes only ``train.seed``: the networks' initial weights, batch order, SpecAugment masks
 and mixup draws. Each seed's model is trained as the train stage trains it (training
 speakers, every choice on validation speakers, the refit on both) and scored once on the
-test speakers as evaluate scores it, so the spread of the test UARs is how far the headline
+test speakers as evaluate scores it (the test ECE before and after the temperature fitted
+on the validation speakers included), so the spread of the test UARs is how far the headline
 moves with the luck of training alone. The kernels are pinned as in the stages
 (src/ser/ops/kernels.py): the pipeline's own seed gives reports/metrics.json's number again.
 
@@ -51,18 +52,27 @@ def train_and_test(params, seed: int, rows) -> dict[str, object]:
     """Train with ``train.seed`` = ``seed`` as the train stage does; score the test speakers
     as evaluate does. ``rows`` maps each split to its rows."""
     from ser import EMOTIONS
-    from ser.metrics import summary
+    from ser.metrics import expected_calibration_error, summary
+    from ser.models.base import label_indices
+    from ser.models.calibration import fit_calibration
     from ser.models.fitting import train_model
 
     seeded = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
     started = time.perf_counter()
     trained = train_model(rows["train"], rows["val"], seeded)
+    calibration = fit_calibration(
+        trained.val_probabilities, label_indices(rows["val"]), params.calibration
+    )
     probabilities = trained.model.predict_proba(rows["test"])
     predicted = [EMOTIONS[i] for i in probabilities.argmax(axis=1)]
     test = summary(rows["test"]["label"].tolist(), predicted)
+    truth = label_indices(rows["test"])
     return {
         "seed": seed,
         **{f"test_{name}": value for name, value in test.items()},
+        "test_ece_uncalibrated": expected_calibration_error(probabilities, truth),
+        "test_ece": expected_calibration_error(calibration.apply(probabilities), truth),
+        "temperature": calibration.temperature,
         "val_uar": trained.val["uar"],
         "chosen": trained.how,
         "seconds": round(time.perf_counter() - started, 1),
@@ -85,17 +95,20 @@ def markdown(report: dict[str, object]) -> str:
     lines = [
         f"{report['kind']}, test UAR over {len(report['seeds'])} training seeds: "
         f"**{100 * uar['mean']:.1f} ± {100 * uar['sd']:.1f} %** (mean ± sd; "
-        f"{100 * uar['min']:.1f} to {100 * uar['max']:.1f} %)",
+        f"{100 * uar['min']:.1f} to {100 * uar['max']:.1f} %); test ECE after the "
+        f"temperature {report['test_ece']['mean']:.3f} ± {report['test_ece']['sd']:.3f}",
         "",
-        "| seed | test UAR | accuracy | macro-F1 | val UAR | chosen | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | test UAR | accuracy | macro-F1 | test ECE before / after T | T | val UAR "
+        "| chosen | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["seeds"]:
         chosen = ", ".join(f"{k} {v:g}" for k, v in s["chosen"].items())
         lines.append(
             f"| {s['seed']} | {100 * s['test_uar']:.1f} % | {100 * s['test_accuracy']:.1f} % | "
-            f"{100 * s['test_macro_f1']:.1f} % | {100 * s['val_uar']:.1f} % | {chosen} | "
-            f"{s['seconds']:.0f} |"
+            f"{100 * s['test_macro_f1']:.1f} % | {s['test_ece_uncalibrated']:.3f} / "
+            f"{s['test_ece']:.3f} | {s['temperature']:.2f} | {100 * s['val_uar']:.1f} % | "
+            f"{chosen} | {s['seconds']:.0f} |"
         )
     pipeline = report.get("pipeline")
     if pipeline:
@@ -113,7 +126,11 @@ def summarised(
 ) -> dict[str, object]:
     """``report`` with the seeds' numbers in the order asked for, and their spread."""
     ordered = sorted(results, key=lambda s: seeds.index(s["seed"]))
-    return report | {"seeds": ordered, "test_uar": spread([s["test_uar"] for s in ordered])}
+    return report | {
+        "seeds": ordered,
+        "test_uar": spread([s["test_uar"] for s in ordered]),
+        "test_ece": spread([s["test_ece"] for s in ordered]),
+    }
 
 
 def previous_seeds(path: Path, measured_with: dict[str, object]) -> list[dict[str, object]]:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -22,6 +23,8 @@ from conftest import (
     write_ravdess_corpus,
 )
 
+from ser import ORIGINAL
+from ser.metrics import expected_calibration_error
 from ser.signal.features import feature_names
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -31,6 +34,9 @@ from accuracy import (  # noqa: E402
     KINDS,
     FoldResult,
     aggregate,
+    bin_sums,
+    chance_ece,
+    ece_of,
     markdown,
     previous_rows,
     run_fold,
@@ -171,10 +177,43 @@ def test_other_kinds_have_no_members(fold_table):
     assert (result.test_speakers, result.val_speakers) == (folds[2], folds[0])
     assert result.members_uar == {}
     assert 0 <= result.uar <= 1 and result.predict_ms_per_clip > 0
+    calibration = result.calibration
+    test_clips = table[table["speaker"].isin(folds[2]) & (table["augmentation"] == ORIGINAL)]
+    assert sum(n for n, _, _ in calibration["bins"]) == len(test_clips)
+    assert calibration["temperature"] > 0
+    # refit on training + validation rows: the model validation chose is scored too
+    assert 0 <= calibration["chosen_uar"] <= 1
+    assert sum(n for n, _, _ in calibration["chosen_bins"]) == len(test_clips)
+
+
+def test_bins_of_folds_add_up_to_the_ece_of_every_clip():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.full(7, 0.5), size=300)
+    labels = rng.integers(0, 7, size=300)
+    folds = [
+        bin_sums(probabilities[:120], labels[:120]),
+        bin_sums(probabilities[120:], labels[120:]),
+    ]
+    every_clip = expected_calibration_error(probabilities, labels)
+    assert ece_of(np.sum(folds, axis=0).tolist()) == pytest.approx(every_clip)
+    assert ece_of(folds[0]) == pytest.approx(
+        expected_calibration_error(probabilities[:120], labels[:120])
+    )
+
+
+@pytest.mark.parametrize(("clips", "expected"), [(100, 0.0399), (400, 0.0199)])
+def test_chance_ece_is_the_binomial_spread_of_a_calibrated_bin(clips, expected):
+    """One bin of clips at confidence 0.5: E|right - n/2| / n = sqrt(2 / pi) * 0.5 / sqrt(n)."""
+    bins = [[0, 0.0, 0.0]] * 5 + [[clips, clips * 0.5, 0.0]] + [[0, 0.0, 0.0]] * 4
+    assert chance_ece(bins) == pytest.approx(expected, rel=0.1)
 
 
 def fold(index: int, uar: float, members: dict[str, float]) -> FoldResult:
-    return FoldResult(index, [f"t{index}"], [f"v{index}"], uar, uar, uar, uar, 1.0, 0.5, members)
+    bins = [[0, 0.0, 0.0]] * 7 + [[10, 7.5, 7.0]] + [[0, 0.0, 0.0]] * 2
+    calibration = {"temperature": 1.5, "bins_uncalibrated": bins, "bins": bins}
+    return FoldResult(
+        index, [f"t{index}"], [f"v{index}"], uar, uar, uar, uar, 1.0, 0.5, members, calibration
+    )
 
 
 def test_a_fusion_row_aggregates_and_reports_its_members():
@@ -195,6 +234,10 @@ def test_a_fusion_row_aggregates_and_reports_its_members():
     assert "fusion on seed: its member spectrogram_cnn alone scored 60.0 ± 10.0 % UAR" in table
     assert "its member logreg alone scored 30.0 ± 10.0 % UAR" in table
     assert "logreg on seed: its member" not in table
+    # both folds 0.5 over-confident on 10 clips each: pooled ECE 0.05 over 20 clips
+    assert row["calibration"]["ece"] == pytest.approx(0.05)
+    assert "fusion on seed: test ECE 0.050 before, 0.050 after" in table
+    assert "over 20 test clips" in table
 
 
 def test_a_small_grid_runs_end_to_end_on_generated_clips(tmp_path):

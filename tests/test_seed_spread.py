@@ -58,6 +58,9 @@ def test_each_seed_is_trained_once_and_the_spread_reported(pipeline_outputs, cap
     assert report["test_uar"] == pytest.approx(spread(uars))
     assert all(0 <= u <= 1 for u in uars) and report["seeds"][0] != report["seeds"][1]
     assert report["pipeline"] == {"seed": 42, "test_uar": 0.5}
+    eces = [s["test_ece"] for s in report["seeds"]]
+    assert report["test_ece"] == pytest.approx(spread(eces))
+    assert all(0 <= e <= 1 for e in eces) and all(s["temperature"] > 0 for s in report["seeds"])
     table = out.with_suffix(".md").read_text()
     assert "spectrogram_cnn, test UAR over 2 training seeds" in table
     assert "\n| 1 | " in table and "\n| 2 | " in table
