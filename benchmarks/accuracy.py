@@ -249,8 +249,9 @@ def aggregate(feature_set: str, kind: str, results: list[FoldResult]) -> dict[st
 
 
 def pooled_calibration(results: list[FoldResult]) -> dict[str, float]:
-    """ECE over every test clip of the folds (each fold calibrated by its own temperature),
-    the ECE that chance alone gives as many clips, and the chosen model's figures."""
+    """ECE over every test clip of the folds (each fold calibrated by its own temperature)
+    and its mean over single folds, each beside the ECE that chance alone gives as many
+    clips, and the chosen model's figures."""
 
     def pooled(key: str) -> Bins:
         return np.sum([r.calibration[key] for r in results], axis=0).tolist()
@@ -260,6 +261,8 @@ def pooled_calibration(results: list[FoldResult]) -> dict[str, float]:
         "ece_uncalibrated": ece_of(pooled("bins_uncalibrated")),
         "ece": ece_of(pooled("bins")),
         "ece_by_chance": chance_ece(pooled("bins")),
+        "ece_fold_mean": float(np.mean([ece_of(r.calibration["bins"]) for r in results])),
+        "ece_fold_by_chance": float(np.mean([chance_ece(r.calibration["bins"]) for r in results])),
     }
     if all("chosen_uar" in r.calibration for r in results):
         chosen_uar = [r.calibration["chosen_uar"] for r in results]
@@ -312,7 +315,9 @@ def calibration_line(row: dict[str, object]) -> str:
         f"\n{row['kind']} on {row['features']}: test ECE {c['ece_uncalibrated']:.3f} before, "
         f"{c['ece']:.3f} after the temperature fitted on each fold's validation speakers "
         f"(mean T {c['temperature']:.2f}), over {clips} test clips, where a perfectly "
-        f"calibrated model scores {c['ece_by_chance']:.3f} by chance."
+        f"calibrated model scores {c['ece_by_chance']:.3f} by chance; on one fold's test "
+        f"clips {c['ece_fold_mean']:.3f} after T on average ({c['ece_fold_by_chance']:.3f} "
+        "by chance)."
     )
     if "chosen_uar_mean" in c:
         line += (

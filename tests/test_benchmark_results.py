@@ -41,7 +41,7 @@ def leaves(value: object) -> Iterator[float]:
 
 def renderings(value: float) -> set[str]:
     """How a page may print ``value``: rounded, or a fraction as a percentage."""
-    shown = {f"{value:.0f}", f"{value:.1f}", f"{value:.2f}", f"{value:.3g}", f"{value:.4g}"}
+    shown = {format(value, spec) for spec in (".0f", ".1f", ".2f", ".3f", ".3g", ".4g")}
     if 0 <= value <= 1:
         shown |= {f"{100 * value:.0f}", f"{100 * value:.1f}"}
     return shown

@@ -236,6 +236,7 @@ def test_a_fusion_row_aggregates_and_reports_its_members():
     assert "logreg on seed: its member" not in table
     # both folds 0.5 over-confident on 10 clips each: pooled ECE 0.05 over 20 clips
     assert row["calibration"]["ece"] == pytest.approx(0.05)
+    assert row["calibration"]["ece_fold_mean"] == pytest.approx(0.05)
     assert "fusion on seed: test ECE 0.050 before, 0.050 after" in table
     assert "over 20 test clips" in table
 
