@@ -4,8 +4,8 @@ The speakers are dealt into ``--folds`` folds, both sexes in each. Fold i is the
 fold, touched once to score; fold i+1 holds the validation speakers, which make every
 choice (early stopping and the learning-rate schedule of the seed CNN, C of the linear
 models, the fusion weight, the temperature that calibrates the probabilities); the
-remaining folds train. Augmented copies are made for training clips only, as in the pipeline. Every (feature set, model kind) pair of the
-grid is trained with params.yaml as it is (``train.refit_on_val`` included), so the
+remaining folds train. Augmented copies are made for training clips only, as in the
+pipeline. Every (feature set, model kind) pair of the grid is trained with params.yaml as it is (``train.refit_on_val`` included), so the
 row of the default kind and feature set is the default pipeline. The fusion row also
 scores its two members alone. Each row also has the calibration a user would meet: the
 test ECE before and after the temperature train fits on the validation speakers, pooled over
@@ -41,7 +41,6 @@ from ser.corpus.manifest import scan
 from ser.metrics import reliability, summary, uar
 from ser.models import MODULE_OF, kind_named
 from ser.models.base import CLIP_INPUT, FRAMES_INPUT, Model, label_indices
-from ser.models.calibration import fit_calibration
 from ser.models.fitting import Trained, train_model
 from ser.models.fusion import Fusion
 from ser.ops.atomic import write_json, write_with
@@ -75,7 +74,8 @@ Bins = list[list[float]]
 """Per confidence bin of :func:`ser.metrics.reliability`: clips, sum of confidences, right
 answers; sums, so that the bins of the folds add up to those of every test clip."""
 
-FLOOR_DRAWS = 2000
+CHANCE_DRAWS = 2000
+"""Random draws that :func:`chance_ece` averages over."""
 
 
 def bin_sums(probabilities: np.ndarray, labels: np.ndarray) -> Bins:
@@ -99,23 +99,17 @@ def chance_ece(bins: Bins, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     counts = np.array([n for n, _, _ in bins], dtype=np.int64)
     confidence = np.array([c / n if n else 0.0 for n, c, _ in bins])
-    right = rng.binomial(counts, confidence, size=(FLOOR_DRAWS, len(bins)))
+    right = rng.binomial(counts, confidence, size=(CHANCE_DRAWS, len(bins)))
     return float(np.abs(right - counts * confidence).sum(axis=1).mean() / max(1, counts.sum()))
 
 
 def calibration_of(
-    trained: Trained,
-    test_rows: pd.DataFrame,
-    probabilities: np.ndarray,
-    val_rows: pd.DataFrame,
-    params: Params,
+    trained: Trained, test_rows: pd.DataFrame, probabilities: np.ndarray
 ) -> dict[str, object]:
     """The temperature train would save, the test ECE before and after it, and (after a
     refit) the UAR and calibration of the model validation chose, which T was fitted on."""
     truth = label_indices(test_rows)
-    calibration = fit_calibration(
-        trained.val_probabilities, label_indices(val_rows), params.calibration
-    )
+    calibration = trained.calibration
     scores: dict[str, object] = {
         "temperature": calibration.temperature,
         "bins_uncalibrated": bin_sums(probabilities, truth),
@@ -207,7 +201,7 @@ def fit_fold(
         fit_seconds,
         1000 * predict_seconds / len(test_rows),
         members,
-        calibration_of(trained, test_rows, probabilities, val_rows, params),
+        calibration_of(trained, test_rows, probabilities),
     )
     return result, trained.model
 

@@ -54,15 +54,11 @@ def train_and_test(params, seed: int, rows) -> dict[str, object]:
     from ser import EMOTIONS
     from ser.metrics import expected_calibration_error, summary
     from ser.models.base import label_indices
-    from ser.models.calibration import fit_calibration
     from ser.models.fitting import train_model
 
     seeded = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
     started = time.perf_counter()
     trained = train_model(rows["train"], rows["val"], seeded)
-    calibration = fit_calibration(
-        trained.val_probabilities, label_indices(rows["val"]), params.calibration
-    )
     probabilities = trained.model.predict_proba(rows["test"])
     predicted = [EMOTIONS[i] for i in probabilities.argmax(axis=1)]
     test = summary(rows["test"]["label"].tolist(), predicted)
@@ -71,8 +67,8 @@ def train_and_test(params, seed: int, rows) -> dict[str, object]:
         "seed": seed,
         **{f"test_{name}": value for name, value in test.items()},
         "test_ece_uncalibrated": expected_calibration_error(probabilities, truth),
-        "test_ece": expected_calibration_error(calibration.apply(probabilities), truth),
-        "temperature": calibration.temperature,
+        "test_ece": expected_calibration_error(trained.calibration.apply(probabilities), truth),
+        "temperature": trained.calibration.temperature,
         "val_uar": trained.val["uar"],
         "chosen": trained.how,
         "seconds": round(time.perf_counter() - started, 1),

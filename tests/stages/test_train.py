@@ -21,14 +21,13 @@ from conftest import (
 
 from ser import EMOTIONS, paths
 from ser.metrics import summary
-from ser.models import kind_named
+from ser.models import fitting, kind_named
 from ser.models.base import label_indices, section_of
 from ser.models.calibration import fit_calibration
 from ser.models.fitting import train_model
 from ser.ops.atomic import write_json, write_parquet
 from ser.ops.tracking import FEATURES_TAG, MODELS_TAG, content_sha256
 from ser.signal.speech import ClipStats
-from ser.stages import train as train_stage
 from ser.stages.train import chosen_params, run
 from ser.table.store import FRAMES_COLUMN, select
 
@@ -275,7 +274,7 @@ def test_the_temperature_is_fitted_on_validation_rows_and_the_reference_written(
         seen.update(probabilities=probabilities, labels=labels)
         return fit_calibration(probabilities, labels, section)
 
-    monkeypatch.setattr(train_stage, "fit_calibration", recording)
+    monkeypatch.setattr(fitting, "fit_calibration", recording)
     metrics = run(params)
 
     val_rows = select(table, "val")

@@ -20,7 +20,7 @@ from ser.config import Params
 from ser.models import kind_named
 from ser.models.base import FRAMES_INPUT, ModelError, label_indices, section_of
 from ser.models.bundle import Classifier
-from ser.models.calibration import calibration_metrics, fit_calibration
+from ser.models.calibration import calibration_metrics
 from ser.models.fitting import train_model
 from ser.ops.atomic import read_json, write_json, write_with
 from ser.ops.tracking import model_tags, stage_run
@@ -96,9 +96,10 @@ def run(params: Params) -> dict[str, float]:
             **trained.how,
             "train_rows": len(train_rows),
         }
-        labels = label_indices(val_rows)
-        calibration = fit_calibration(trained.val_probabilities, labels, params.calibration)
-        metrics |= calibration_metrics(trained.val_probabilities, labels, calibration)
+        calibration = trained.calibration
+        metrics |= calibration_metrics(
+            trained.val_probabilities, label_indices(val_rows), calibration
+        )
         classifier = Classifier(
             kind.name,
             trained.model,
