@@ -175,6 +175,26 @@ def test_configured_experiment_name_is_used(mlflow_workspace):
     assert experiment.name == "other"
 
 
+def test_an_experiment_another_process_creates_first_gets_the_runs(mlflow_workspace, monkeypatch):
+    """Two processes starting on a fresh store: both look the experiment up, find none, and
+    one creates it first; the other's runs must still land in it, not in Default."""
+    lookup = mlflow.MlflowClient.get_experiment_by_name
+    calls = []
+
+    def racing_lookup(self, name):
+        calls.append(name)
+        if len(calls) == 1:  # the other process creates it right after this lookup
+            mlflow.MlflowClient(tracking_uri()).create_experiment(name)
+            return None
+        return lookup(self, name)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", racing_lookup)
+    with stage_run("tune", make_params({"mlflow": {"experiment": "shared"}})) as active:
+        pass
+    experiment = client(mlflow_workspace).get_experiment(active.info.experiment_id)
+    assert experiment.name == "shared"
+
+
 def test_the_ui_address_opens_the_experiments_runs_table(mlflow_workspace):
     base = "http://127.0.0.1:5000/"
     view = "?workflowType=machine_learning"  # MLflow 3 opens its GenAI overview otherwise

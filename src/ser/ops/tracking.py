@@ -161,11 +161,20 @@ def relocate(uri: str) -> None:
 
 
 def use_experiment(name: str) -> None:
-    """Point MLflow at the store and experiment, creating it with :func:`artifact_root`."""
+    """Point MLflow at the store and experiment, creating it with :func:`artifact_root`.
+
+    Another process may create it between the lookup and the creation (two tune workers
+    starting on a fresh server): that is fine. ``mlflow.set_experiment`` is not left to
+    create it, because when it loses that race it leaves the Default experiment active
+    (MLflow 3.17), and the runs would land there.
+    """
     connect()
-    root = artifact_root(tracking_uri())
-    if root is not None and mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=root)
+    if mlflow.get_experiment_by_name(name) is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=artifact_root(tracking_uri()))
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     mlflow.set_experiment(name)
 
 
