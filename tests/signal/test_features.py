@@ -11,7 +11,7 @@ import pytest
 from conftest import SAMPLE_RATE, noise, tone
 
 from ser.config import AudioParams, FeatureParams, FrameParams
-from ser.signal.audio import condition
+from ser.signal.audio import condition, resample
 from ser.signal.features import (
     N_CHROMA,
     clip_features,
@@ -140,6 +140,20 @@ def test_sets_combine_in_the_order_given():
     signal = tone(0.6)
     combined = clip_features(signal, SAMPLE_RATE, params)
     np.testing.assert_array_equal(combined[88:], clip_features(signal, SAMPLE_RATE, PARAMS))
+
+
+@pytest.mark.parametrize("feature_set", ["seed", "egemaps"])
+def test_a_lower_feature_rate_reads_the_clip_resampled_to_it(feature_set):
+    """features.sample_rate 8000: every set sees only the band a telephone line keeps."""
+    signal = tone(0.6, 300) + tone(0.6, 6000) + noise(0.6, 0.05)
+    narrow = seed_params(sets=[feature_set], sample_rate=8000)
+    resampled = resample(signal, SAMPLE_RATE, 8000)
+    np.testing.assert_array_equal(
+        clip_features(signal, SAMPLE_RATE, narrow),
+        clip_features(resampled, 8000, seed_params(sets=[feature_set])),
+    )
+    full = clip_features(signal, SAMPLE_RATE, seed_params(sets=[feature_set]))
+    assert not np.allclose(clip_features(signal, SAMPLE_RATE, narrow), full, rtol=0.05)
 
 
 def test_opensmile_works_beside_tensorflow_in_one_process():

@@ -19,6 +19,7 @@ import scipy.fft
 import scipy.stats
 
 from ser.config import FeatureParams, FeatureSet, FrameParams
+from ser.signal.audio import resample
 
 N_CHROMA = 12
 
@@ -108,7 +109,9 @@ def set_feature_names(feature_set: FeatureSet, params: FeatureParams) -> list[st
 def set_features(
     feature_set: FeatureSet, signal: np.ndarray, sample_rate: int, params: FeatureParams
 ) -> np.ndarray:
-    """One set's vector for one clip."""
+    """One set's vector for one clip, from its band below ``params.sample_rate / 2``."""
+    if params.sample_rate is not None and params.sample_rate < sample_rate:
+        signal, sample_rate = resample(signal, sample_rate, params.sample_rate), params.sample_rate
     if feature_set == "seed":
         return seed_features(signal, sample_rate, params)
     values = _smile(feature_set).process_signal(signal, sample_rate)

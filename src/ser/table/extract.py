@@ -83,7 +83,10 @@ def _set_spec(feature_set: str, params: Params) -> dict[str, object]:
         return params.features.model_dump(
             mode="json", exclude={"sets", "speaker_norm", "workers", "cache_dir"}
         )
-    return {"opensmile": importlib.metadata.version("opensmile")}
+    return {
+        "opensmile": importlib.metadata.version("opensmile"),
+        "sample_rate": params.features.sample_rate,
+    }
 
 
 TALKERS_PER_CLIP = 3
