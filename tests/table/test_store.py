@@ -16,6 +16,7 @@ from ser.table.store import (
     load_features,
     load_frames,
     load_rows,
+    matrix,
     normalise_per_speaker,
     select,
     speaker_statistics,
@@ -203,3 +204,11 @@ def test_feature_columns_leave_out_metadata_and_frames():
     table = feature_table(params, splits={"train": 1}, takes=1)
     assert FRAMES_COLUMN in table.columns
     assert feature_columns(table) == feature_names(params.features)
+
+
+def test_matrix_takes_the_columns_by_name_in_the_order_asked_and_names_a_missing_one():
+    rows = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "label": ["x", "y"]})
+    np.testing.assert_array_equal(matrix(rows, ["b", "a"]), [[3.0, 1.0], [4.0, 2.0]])
+    assert matrix(rows, ["a"]).dtype == np.float32
+    with pytest.raises(KeyError, match=r"1 feature column.*'c'"):
+        matrix(rows, ["a", "c"])

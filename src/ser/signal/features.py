@@ -20,6 +20,7 @@ import scipy.stats
 
 from ser.config import FeatureParams, FeatureSet, FrameParams
 from ser.signal.audio import resample
+from ser.signal.smile import SmileSet
 
 N_CHROMA = 12
 
@@ -86,17 +87,9 @@ def seed_features(signal: np.ndarray, sample_rate: int, params: FeatureParams) -
     return np.concatenate([_STATISTICS[stat](frames) for stat in params.stats]).astype(np.float32)
 
 
-_OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
-
-
 @cache
-def _smile(feature_set: str):  # one extractor per process: building it parses its config
-    import opensmile
-
-    return opensmile.Smile(
-        feature_set=opensmile.FeatureSet[_OPENSMILE_SETS[feature_set]],
-        feature_level=opensmile.FeatureLevel.Functionals,
-    )
+def _smile(feature_set: str) -> SmileSet:  # one per process: building it parses its config
+    return SmileSet(feature_set)
 
 
 def set_feature_names(feature_set: FeatureSet, params: FeatureParams) -> list[str]:
@@ -114,8 +107,7 @@ def set_features(
         signal, sample_rate = resample(signal, sample_rate, params.sample_rate), params.sample_rate
     if feature_set == "seed":
         return seed_features(signal, sample_rate, params)
-    values = _smile(feature_set).process_signal(signal, sample_rate)
-    return values.to_numpy(dtype=np.float32)[0]
+    return _smile(feature_set).extract(signal, sample_rate)
 
 
 def feature_names(params: FeatureParams) -> list[str]:
