@@ -121,7 +121,7 @@ class FeatureParams(_Section):
     hop_length: int = Field(160, ge=16)
     n_mels: int = Field(64, ge=8)
     n_mfcc: int = Field(40, ge=1)
-    sample_rate: int | None = Field(None, ge=1000)
+    sample_rate: int | None = Field(8000, ge=1000)
     stats: list[Stat] = Field(default_factory=lambda: ["mean", "std"], min_length=1)
     workers: int = Field(2, ge=1)
     cache_dir: Path = Path("data/cache/features")
@@ -162,7 +162,7 @@ class FrameParams(_Section):
 
 
 class ModelParams(_Section):
-    kind: ModelKind = "spectrogram_cnn"
+    kind: ModelKind = "fusion"
 
 
 class PreprocessingParams(_Section):

@@ -188,6 +188,16 @@ def test_loading_restores_the_audio_feature_and_frame_settings(trained_models, t
     assert loaded.frames == params.frames
 
 
+def test_a_model_saved_before_features_sample_rate_reads_the_full_rate(trained_models, tmp_path):
+    folder = tmp_path / "models"
+    shutil.copytree(trained_models["logreg"], folder)
+    config = json.loads((folder / CLASSIFIER_FILE).read_text())
+    del config["features"]["sample_rate"]
+    (folder / CLASSIFIER_FILE).write_text(json.dumps(config))
+    assert FeatureParams().sample_rate == 8000
+    assert Classifier.load(folder).features.sample_rate is None
+
+
 @pytest.mark.parametrize("kind", TRAINED_KINDS)
 def test_probabilities_are_a_distribution_over_the_seven_labels(trained_models, rows, kind):
     classifier = Classifier.load(trained_models[kind])

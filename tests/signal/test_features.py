@@ -23,8 +23,10 @@ from ser.signal.features import (
 
 
 def seed_params(**override) -> FeatureParams:
-    """The seed (librosa) set alone, small: 32 mel bands, 13 MFCCs."""
-    return FeatureParams(**{"sets": ["seed"], "n_mels": 32, "n_mfcc": 13, **override})
+    """The seed (librosa) set alone, small: 32 mel bands, 13 MFCCs, at the clip's own rate."""
+    return FeatureParams(
+        **{"sets": ["seed"], "n_mels": 32, "n_mfcc": 13, "sample_rate": None, **override}
+    )
 
 
 PARAMS = seed_params()

@@ -271,12 +271,12 @@ def test_cache_key_covers_what_shapes_the_vector():
         {"audio": {"sample_rate": 22_050}},
         {"features": {"hop_length": 256}},
         {"features": {"stats": ["mean"]}},
-        {"features": {"sample_rate": 8000}},
+        {"features": {"sample_rate": None}},
     ):
         assert key != cache_key("a" * 64, original, make_params(override), "seed"), override
     compare = cache_key("a" * 64, original, base, "compare")
-    narrow = make_params({"features": {"sample_rate": 8000}})
-    assert compare != cache_key("a" * 64, original, narrow, "compare")
+    full_rate = make_params({"features": {"sample_rate": None}})
+    assert compare != cache_key("a" * 64, original, full_rate, "compare")
 
 
 def test_cache_key_ignores_what_does_not():

@@ -101,7 +101,8 @@ class Classifier:
             kind=kind.name,
             model=kind.load(directory),
             audio=AudioParams(**config["audio"]),
-            features=FeatureParams(**config["features"]),
+            # saved before features.sample_rate existed: the features read the full rate
+            features=FeatureParams(**{"sample_rate": None, **config["features"]}),
             frames=FrameParams(**config["frames"]),
             speech=SpeechParams(**config.get("speech", {})),
             calibration=Calibration(**config.get("calibration", {})),
