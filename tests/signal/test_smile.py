@@ -5,18 +5,15 @@ from __future__ import annotations
 import multiprocessing
 
 import numpy as np
-import opensmile
 import pytest
 from conftest import noise, tone
 
-from ser.signal.smile import OPENSMILE_SETS, SmileSet
+from ser.signal.smile import SmileSet
 
 
 def library_values(feature_set: str, signal: np.ndarray, sample_rate: int) -> np.ndarray:
-    smile = opensmile.Smile(
-        feature_set=opensmile.FeatureSet[OPENSMILE_SETS[feature_set]],
-        feature_level=opensmile.FeatureLevel.Functionals,
-    )
+    """What the library's own ``process_signal`` gives with the set's configuration."""
+    smile = SmileSet(feature_set).smile
     return smile.process_signal(signal, sample_rate).to_numpy(dtype=np.float32)[0]
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
+_OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
 
 
 class SmileSet:
@@ -26,7 +26,7 @@ class SmileSet:
         import opensmile
 
         self.smile = opensmile.Smile(
-            feature_set=opensmile.FeatureSet[OPENSMILE_SETS[feature_set]],
+            feature_set=opensmile.FeatureSet[_OPENSMILE_SETS[feature_set]],
             feature_level=opensmile.FeatureLevel.Functionals,
         )
         self._lock = threading.Lock()
