@@ -115,7 +115,6 @@ def feature_rows(
     A model trained with ``features.speaker_norm: per_speaker`` takes all the clips
     as one speaker's and standardises their vectors together.
     """
-    rows = pd.DataFrame(index=range(len(vectors)))
     if CLIP_INPUT in classifier.inputs:
         values = np.vstack(vectors)
         if classifier.speaker_normalised:
@@ -123,6 +122,8 @@ def feature_rows(
             values = (values - mean) / spread
         # one block from the matrix: a column at a time costs ComParE's 6,373 columns 18 ms
         rows = pd.DataFrame(values, columns=feature_names(classifier.features))
+    else:
+        rows = pd.DataFrame(index=range(len(vectors)))
     if FRAMES_INPUT in classifier.inputs:
         rows[FRAMES_COLUMN] = frames
     return rows
