@@ -162,7 +162,7 @@ def fold_table() -> tuple[pd.DataFrame, list[str], list[list[str]]]:
 @pytest.mark.parametrize(("weight", "member"), [(1.0, "spectrogram_cnn"), (0.0, "logreg")])
 def test_the_fusion_row_scores_each_member_alone(fold_table, weight, member):
     table, columns, folds = fold_table
-    params = kind_params("fusion", {**TINY, "fusion": {"weights": [weight]}})
+    params = kind_params("fusion", {**TINY, "fusion": {"pooling": "average", "weights": [weight]}})
     result = run_fold(table, columns, folds, 0, "fusion", params)
     assert (result.test_speakers, result.val_speakers) == (folds[0], folds[1])
     assert set(result.members_uar) == {"spectrogram_cnn", "logreg"}

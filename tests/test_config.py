@@ -112,6 +112,7 @@ def test_unknown_key_is_named(tmp_path, raw, key):
         ({"spectrogram_cnn": {"dropout": 1.0}}, "spectrogram_cnn.dropout"),
         ({"fusion": {"weights": []}}, "fusion.weights"),
         ({"fusion": {"weights": [0.5, 1.5]}}, "fusion.weights.1"),
+        ({"fusion": {"pooling": "product"}}, "fusion.pooling"),
         ({"preprocessing": {"select_k": 0}}, "preprocessing.select_k"),
         ({"linear": {"C_grid": [0.1, -1.0]}}, "linear.C_grid.1"),
         (

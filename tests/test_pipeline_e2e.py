@@ -101,7 +101,8 @@ def test_metrics_and_outputs(repo):
     assert metrics["test"]["clips"] == report["splits"]["test"]["clips"]
     assert report["skipped"] == 0 and "extraction" not in report  # no run-specific facts
     train = read_json(repo / "reports/train.json")
-    chosen = {"val_uar", "val_accuracy", "epochs", "C", "weight", "train_rows", "refit_rows"}
+    chosen = {"val_uar", "val_accuracy", "epochs", "C", "network_weight", "linear_weight"}
+    chosen |= {"train_rows", "refit_rows"}
     assert chosen <= set(train)
     assert train["train_rows"] == 2 * report["splits"]["train"]["clips"]  # + one noise copy
     models = repo / "models"
@@ -114,7 +115,11 @@ def test_metrics_and_outputs(repo):
         "spectrogram_cnn/spectrogram_cnn.keras",
     ]
     assert read_json(models / "classifier.json")["kind"] == "fusion"
-    assert read_json(models / "fusion.json")["weight"] == train["weight"]
+    pooled = read_json(models / "fusion.json")
+    assert pooled == {
+        "pooling": "log_linear",
+        "weights": [train["network_weight"], train["linear_weight"]],
+    }
     assert read_json(repo / "tuning/hyperparams.json")["kind"] == "fusion"
     assert (repo / "tuning/study/trials.csv").is_file()
     assert (repo / "data/processed/frames.npz").is_file()

@@ -1,4 +1,4 @@
-"""Fusion: the spectrogram CNN and logistic regression, weighted as validation chose."""
+"""Fusion: the spectrogram CNN and logistic regression, pooled as validation chose."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 from conftest import feature_table, kind_params
 
 from ser import EMOTIONS
-from ser.metrics import uar
+from ser.metrics import expected_calibration_error, uar
 from ser.models import fusion
 from ser.models.base import Fitted, Kind, Model, label_indices
-from ser.models.fusion import WEIGHT_FILE, Fusion, combine
+from ser.models.fusion import WEIGHT_FILE, Fusion, combine, fit_log_linear
+from ser.ops.atomic import write_json
 from ser.table.store import FRAMES_COLUMN, select
 
 
@@ -52,12 +53,41 @@ def table():
     return feature_table(kind_params("fusion"), {"train": 2, "val": 2, "test": 1})
 
 
-def test_combine_weights_the_networks_probabilities():
+def test_average_weights_the_networks_probabilities():
     network = np.array([[0.8, 0.2], [0.1, 0.9]])
     linear_model = np.array([[0.4, 0.6], [0.5, 0.5]])
-    combined = combine(network, linear_model, 0.25)
+    combined = combine(network, linear_model, "average", (0.25, 0.75))
     assert combined.dtype == np.float32
     np.testing.assert_allclose(combined, [[0.5, 0.5], [0.4, 0.6]], rtol=1e-6)
+
+
+def test_log_linear_pooling_is_the_normalised_weighted_product():
+    network = np.array([[0.8, 0.2], [0.1, 0.9]])
+    linear_model = np.array([[0.4, 0.6], [0.5, 0.5]])
+    combined = combine(network, linear_model, "log_linear", (1.0, 0.5))
+    product = network * np.sqrt(linear_model)
+    np.testing.assert_allclose(combined, product / product.sum(axis=1, keepdims=True), rtol=1e-6)
+    # a zero probability stays finite (the floor), and weight 0 leaves a member out
+    sure = combine(np.array([[1.0, 0.0]]), np.array([[0.3, 0.7]]), "log_linear", (0.0, 1.0))
+    np.testing.assert_allclose(sure, [[0.3, 0.7]], rtol=1e-6)
+
+
+def test_log_linear_weights_follow_the_informative_member_and_calibrate():
+    rng = np.random.default_rng(0)
+    rows, classes = 4000, len(EMOTIONS)
+    logits = (
+        rng.normal(size=(rows, classes)) + 3.0 * np.eye(classes)[rng.integers(0, classes, rows)]
+    )
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    truth = np.array([rng.choice(classes, p=p) for p in calibrated])  # drawn as it says
+    timid = combine(calibrated, calibrated, "log_linear", (0.5, 0.0))  # its logits halved
+    sure_of_nothing = np.eye(classes)[rng.integers(0, classes, rows)] * 0.9 + 0.1 / classes
+    network_weight, linear_weight = fit_log_linear(timid, sure_of_nothing, truth)
+    assert network_weight == pytest.approx(2.0, rel=0.15)  # undoes the halving
+    assert linear_weight < 0.05
+    pooled = combine(timid, sure_of_nothing, "log_linear", (network_weight, linear_weight))
+    assert expected_calibration_error(timid, truth) > 0.1
+    assert expected_calibration_error(pooled, truth) < 0.03
 
 
 @pytest.mark.parametrize(
@@ -68,27 +98,45 @@ def test_combine_weights_the_networks_probabilities():
         ({"val"}, {"val"}, 1.0),  # every weight ties
     ],
 )
-def test_the_weight_is_the_best_on_validation(
+def test_the_average_weight_is_the_best_on_validation(
     monkeypatch, table, network_right_on, linear_right_on, weight
 ):
     monkeypatch.setitem(fusion.MEMBERS, "spectrogram_cnn", oracle_kind("cnn", network_right_on, []))
     monkeypatch.setitem(fusion.MEMBERS, "logreg", oracle_kind("linear", linear_right_on, []))
-    params = kind_params("fusion", {"fusion": {"weights": [0.3, 1.0, 0.0]}})
+    params = kind_params("fusion", {"fusion": {"pooling": "average", "weights": [0.3, 1.0, 0.0]}})
     fitted = fusion.fit(select(table, "train"), select(table, "val"), params)
-    assert fitted.how == {"weight": weight, "cnn choice": 1.0, "linear choice": 1.0}
-    assert fitted.model.weight == weight
+    assert fitted.how == {
+        "network_weight": weight,
+        "linear_weight": 1 - weight,
+        "cnn choice": 1.0,
+        "linear choice": 1.0,
+    }
+    assert (fitted.model.pooling, fitted.model.weights) == ("average", (weight, 1 - weight))
     assert set(fitted.parts) == {"spectrogram_cnn", "logreg"}
 
 
-def test_refit_refits_both_members_and_keeps_the_weight(monkeypatch, table):
+def test_log_linear_weights_leave_out_the_member_wrong_on_validation(monkeypatch, table):
+    monkeypatch.setitem(fusion.MEMBERS, "spectrogram_cnn", oracle_kind("cnn", {"train"}, []))
+    monkeypatch.setitem(fusion.MEMBERS, "logreg", oracle_kind("linear", {"val"}, []))
+    fitted = fusion.fit(select(table, "train"), select(table, "val"), kind_params("fusion"))
+    network_weight, linear_weight = fitted.model.weights
+    assert fitted.model.pooling == "log_linear"
+    assert network_weight == 0.0 and linear_weight > 1.0
+    val_rows = select(table, "val")
+    predicted = fitted.model.predict_proba(val_rows).argmax(axis=1)
+    np.testing.assert_array_equal(predicted, label_indices(val_rows))
+
+
+def test_refit_refits_both_members_and_keeps_the_weights(monkeypatch, table):
     refits = []
     monkeypatch.setitem(fusion.MEMBERS, "spectrogram_cnn", oracle_kind("cnn", {"val"}, refits))
     monkeypatch.setitem(fusion.MEMBERS, "logreg", oracle_kind("linear", set(), refits))
-    params = kind_params("fusion", {"fusion": {"weights": [0.0, 0.7]}})
+    params = kind_params("fusion", {"fusion": {"pooling": "average", "weights": [0.0, 0.7]}})
     fitted = fusion.fit(select(table, "train"), select(table, "val"), params)
     both = pd.concat([select(table, "train"), select(table, "val")], ignore_index=True)
     refitted = fusion.refit(both, fitted)
-    assert refitted.weight == fitted.how["weight"] == 0.7
+    assert (refitted.pooling, refitted.weights) == ("average", (0.7, 1 - 0.7))
+    assert fitted.how["network_weight"] == 0.7
     assert [(name, rows) for name, rows, _ in refits] == [("cnn", len(both)), ("linear", len(both))]
     assert [part for _, _, part in refits] == [
         fitted.parts["spectrogram_cnn"],
@@ -106,7 +154,7 @@ def logreg_better(table):
     params = kind_params(
         "fusion",
         {
-            "fusion": {"weights": [0.0, 1.0]},
+            "fusion": {"pooling": "average", "weights": [0.0, 1.0]},
             "spectrogram_cnn": {"epochs": 1},
             "linear": {"C_grid": [0.01, 0.1]},
         },
@@ -122,7 +170,7 @@ def test_a_clearly_better_member_takes_all_the_weight(logreg_better):
     from_network = uar(truth, network.predict_proba(val_rows).argmax(axis=1))
     from_linear = uar(truth, linear_model.predict_proba(val_rows).argmax(axis=1))
     assert from_linear > from_network + 0.3  # the premise: logistic regression is clearly better
-    assert fitted.how["weight"] == fitted.model.weight == 0.0
+    assert fitted.model.weights == (0.0, 1.0)
     np.testing.assert_array_equal(
         fitted.model.predict_proba(val_rows), linear_model.predict_proba(val_rows)
     )
@@ -132,15 +180,18 @@ def test_fitted_fusion_reports_both_members(logreg_better):
     fitted, _ = logreg_better
     cnn, logreg = fitted.parts["spectrogram_cnn"], fitted.parts["logreg"]
     assert fitted.model.network is cnn.model and fitted.model.linear is logreg.model
-    assert fitted.how == {"weight": 0.0, **cnn.how, **logreg.how}
-    assert set(fitted.how) == {"weight", "epochs", "C"}
+    assert fitted.how == {"network_weight": 0.0, "linear_weight": 1.0, **cnn.how, **logreg.how}
+    assert set(fitted.how) == {"network_weight", "linear_weight", "epochs", "C"}
     assert logreg.how == {"C": fitted.params.linear.C}  # the C validation chose
     assert fitted.curve == cnn.curve
 
 
-def test_saved_fusion_predicts_like_the_original(tmp_path, table, logreg_better):
+@pytest.mark.parametrize(
+    ("pooling", "weights"), [("log_linear", (0.8, 1.3)), ("average", (0.6, 0.4))]
+)
+def test_saved_fusion_predicts_like_the_original(tmp_path, table, logreg_better, pooling, weights):
     members = logreg_better[0].model
-    model = Fusion(members.network, members.linear, 0.6)
+    model = Fusion(members.network, members.linear, pooling, weights)
     written = model.save(tmp_path)
     assert sorted(str(p.relative_to(tmp_path)) for p in written) == [
         WEIGHT_FILE,
@@ -150,11 +201,27 @@ def test_saved_fusion_predicts_like_the_original(tmp_path, table, logreg_better)
     ]
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(written)
     loaded = Fusion.load(tmp_path)
-    assert loaded.weight == 0.6
+    assert (loaded.pooling, loaded.weights) == (pooling, weights)
     test_rows = select(table, "test")
     probabilities = loaded.predict_proba(test_rows)
     np.testing.assert_array_equal(probabilities, model.predict_proba(test_rows))
+    expected = combine(
+        members.network.predict_proba(test_rows),
+        members.linear.predict_proba(test_rows),
+        pooling,
+        weights,
+    )
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+
+
+def test_a_fusion_saved_with_one_weight_loads_as_the_average(tmp_path, table, logreg_better):
+    members = logreg_better[0].model
+    Fusion(members.network, members.linear, "average", (0.6, 0.4)).save(tmp_path)
+    write_json(tmp_path / WEIGHT_FILE, {"weight": 0.6})  # as saved before log-linear pooling
+    loaded = Fusion.load(tmp_path)
+    assert (loaded.pooling, loaded.weights) == ("average", (0.6, 0.4))
+    test_rows = select(table, "test")
     expected = 0.6 * members.network.predict_proba(test_rows) + 0.4 * members.linear.predict_proba(
         test_rows
     )
-    np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+    np.testing.assert_allclose(loaded.predict_proba(test_rows), expected, rtol=1e-6)

@@ -56,7 +56,7 @@ def tunable_kind(params: Params) -> Kind:
         raise ConfigError(
             f"tune.enabled: model.kind {kind.name!r} has no Optuna search space (tunable: "
             "seed_cnn, spectrogram_cnn); set tune.enabled=false (linear.C_grid and "
-            "fusion.weights are chosen on validation speakers in train)"
+            "the fusion's weights are chosen on validation speakers in train)"
         )
     return kind
 
