@@ -1,6 +1,6 @@
 """train stage: fit ``model.kind`` on training speakers; every choice made on validation speakers.
 
-What a kind chooses on validation (epochs, C, a fusion weight) and how is the kind's
+What a kind chooses on validation (epochs, C, the fusion weights) and how is the kind's
 own (``ser.models``). With ``train.refit_on_val`` the choice is then fitted again on
 training and validation speakers together; the validation metrics reported are those
 of the choice.
