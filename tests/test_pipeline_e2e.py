@@ -117,9 +117,10 @@ def test_metrics_and_outputs(repo):
     assert read_json(models / "classifier.json")["kind"] == "fusion"
     pooled = read_json(models / "fusion.json")
     assert pooled == {
-        "pooling": "log_linear",
+        "pooling": "average",
         "weights": [train["network_weight"], train["linear_weight"]],
     }
+    assert train["network_weight"] + train["linear_weight"] == pytest.approx(1.0)
     assert read_json(repo / "tuning/hyperparams.json")["kind"] == "fusion"
     assert (repo / "tuning/study/trials.csv").is_file()
     assert (repo / "data/processed/frames.npz").is_file()

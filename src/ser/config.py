@@ -214,7 +214,7 @@ class SpectrogramCnnParams(_Section):
 
 
 class FusionParams(_Section):
-    pooling: Literal["log_linear", "average"] = "log_linear"
+    pooling: Literal["average", "log_linear"] = "average"
     weights: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1
     )

@@ -118,7 +118,8 @@ def test_the_average_weight_is_the_best_on_validation(
 def test_log_linear_weights_leave_out_the_member_wrong_on_validation(monkeypatch, table):
     monkeypatch.setitem(fusion.MEMBERS, "spectrogram_cnn", oracle_kind("cnn", {"train"}, []))
     monkeypatch.setitem(fusion.MEMBERS, "logreg", oracle_kind("linear", {"val"}, []))
-    fitted = fusion.fit(select(table, "train"), select(table, "val"), kind_params("fusion"))
+    params = kind_params("fusion", {"fusion": {"pooling": "log_linear"}})
+    fitted = fusion.fit(select(table, "train"), select(table, "val"), params)
     network_weight, linear_weight = fitted.model.weights
     assert fitted.model.pooling == "log_linear"
     assert network_weight == 0.0 and linear_weight > 1.0

@@ -3,12 +3,14 @@
 Both members are fitted as their own kinds, then pooled with two weights chosen on the
 validation speakers (``fusion.pooling``):
 
-- ``log_linear`` (the default): softmax(a log p_cnn + b log p_logreg), a and b fitted
-  together by the validation log-likelihood. The weights set both each member's share
-  and the sharpness of the answer, so the pooled probabilities come out calibrated.
-- ``average``: a p_cnn + (1 - a) p_logreg, with a the value of ``fusion.weights`` of
-  best validation UAR (ties go to the larger weight); averaging blurs the answer, which
-  the temperature then sharpens.
+- ``average`` (the default): a p_cnn + (1 - a) p_logreg, with a the value of
+  ``fusion.weights`` of best validation UAR (ties go to the larger weight); averaging
+  blurs the answer, which the temperature then sharpens.
+- ``log_linear``: softmax(a log p_cnn + b log p_logreg), a and b fitted together by the
+  validation log-likelihood. The weights set both each member's share and the sharpness
+  of the answer, so the pooled probabilities come out calibrated; a member sure of a wrong
+  answer weighs more than in an average, which costs accuracy in noise
+  (docs/benchmarks.md).
 
 A refit refits both members and keeps the weights.
 """
