@@ -138,6 +138,7 @@ class FeatureParams(_Section):
 PositiveFloats = list[Annotated[float, Field(gt=0)]]
 PositiveInts = list[Annotated[int, Field(ge=1)]]
 ModelKind = Literal["spectrogram_cnn", "seed_cnn", "logreg", "linear_svm", "fusion"]
+FusionPooling = Literal["average", "log_linear"]
 
 
 class FrameParams(_Section):
@@ -214,7 +215,7 @@ class SpectrogramCnnParams(_Section):
 
 
 class FusionParams(_Section):
-    pooling: Literal["average", "log_linear"] = "average"
+    pooling: FusionPooling = "average"
     weights: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1
     )

@@ -43,10 +43,14 @@ class Calibration:
         return asdict(self)
 
 
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """log p in float64, p floored at ``PROBABILITY_FLOOR``."""
+    return np.log(np.clip(probabilities.astype(np.float64), PROBABILITY_FLOOR, None))
+
+
 def scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / temperature), row by row."""
-    logits = np.log(np.clip(probabilities.astype(np.float64), PROBABILITY_FLOOR, None))
-    return np.exp(log_softmax(logits / temperature, axis=1))
+    return np.exp(log_softmax(log_probabilities(probabilities) / temperature, axis=1))
 
 
 def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -26,11 +26,11 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
-from ser.config import Params
+from ser.config import FusionPooling, Params
 from ser.metrics import uar
 from ser.models import linear, spectrogram_cnn
 from ser.models.base import CLIP_INPUT, FRAMES_INPUT, Callbacks, Fitted, Kind, Model, label_indices
-from ser.models.calibration import PROBABILITY_FLOOR
+from ser.models.calibration import log_probabilities
 from ser.ops.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ Weights = tuple[float, float]  # the network's, the linear model's
 class Fusion(Model):
     kind = "fusion"
 
-    def __init__(self, network: Model, linear_model: Model, pooling: str, weights: Weights) -> None:
+    def __init__(
+        self, network: Model, linear_model: Model, pooling: FusionPooling, weights: Weights
+    ) -> None:
         self.network, self.linear = network, linear_model
         self.pooling, self.weights = pooling, weights
 
@@ -77,25 +79,21 @@ class Fusion(Model):
         return cls(network, linear_model, pooling, weights)
 
 
-def _logs(probabilities: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(probabilities.astype(np.float64), PROBABILITY_FLOOR, None))
-
-
 def combine(
-    network: np.ndarray, linear_model: np.ndarray, pooling: str, weights: Weights
+    network: np.ndarray, linear_model: np.ndarray, pooling: FusionPooling, weights: Weights
 ) -> np.ndarray:
     """The pooled probabilities of each row (see the module's docstring)."""
     a, b = weights
     if pooling == "average":
         return (a * network + b * linear_model).astype(np.float32)
-    return np.exp(log_softmax(a * _logs(network) + b * _logs(linear_model), axis=1)).astype(
-        np.float32
-    )
+    return np.exp(
+        log_softmax(a * log_probabilities(network) + b * log_probabilities(linear_model), axis=1)
+    ).astype(np.float32)
 
 
 def fit_log_linear(network: np.ndarray, linear_model: np.ndarray, truth: np.ndarray) -> Weights:
     """The two weights that maximise the log-likelihood of ``truth`` (a convex problem)."""
-    logs = np.stack([_logs(network), _logs(linear_model)])
+    logs = np.stack([log_probabilities(network), log_probabilities(linear_model)])
     rows = np.arange(len(truth))
 
     def loss(weights: np.ndarray) -> float:
