@@ -56,7 +56,7 @@ def scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Mean -log p(true label) of the rows."""
     picked = probabilities[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(picked, PROBABILITY_FLOOR, None))))
+    return float(-np.mean(log_probabilities(picked)))
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
